@@ -1,0 +1,142 @@
+"""Stage 4: calibrate activation ranges, and measure each weighted op's MACs per sample.
+
+Two float passes over the calibration set: the first finds each activation's min and max, the
+second fills a histogram over that span. Ranges per bit-width come from the histogram: min/max
+at 16 bits; at 8 bits and below both min/max and the MSE-optimal clip are candidates, and
+``select_ranges`` keeps, per tensor, the one that gives the better output SQNR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx
+
+from onnxmp import quant
+from onnxmp.data import CalibrationSet
+from onnxmp.groups import QuantPlan
+from onnxmp.session import make_session
+
+logger = logging.getLogger(__name__)
+
+HIST_BINS = 2048
+RANGE_METHODS = ("minmax", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationStats:
+    """Observed distribution of one activation tensor over the calibration set."""
+
+    minimum: float
+    maximum: float
+    hist: np.ndarray
+    edges: np.ndarray
+    zeros: int  # values exactly 0, which quantize without error
+
+    def params(self, bits: int, method: str = "mse") -> tuple[np.float32, int]:
+        """(scale, zero point) for this tensor at ``bits`` bits, by ``method`` ("minmax" or "mse";
+        16 bits always uses min/max)."""
+        if bits >= 16 or method == "minmax":
+            return quant.activation_params(self.minimum, self.maximum, bits)
+        lo, hi = quant.mse_range(self.hist, self.edges, bits, self.zeros)
+        return quant.activation_params(lo, hi, bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Per-activation statistics and per-weighted-op MACs per sample."""
+
+    stats: dict[str, ActivationStats]
+    macs: dict[str, int]  # weighted op node name -> multiply-accumulates per sample
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the given intermediate tensors."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in present:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy
+
+
+def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[str]):
+    """Yield (batch size, {tensor: array}) per run for the given tensors (inputs read from data)."""
+    graph_inputs = set(data.arrays)
+    produced = [n for n in names if n not in graph_inputs]
+    session = make_session(_with_outputs(model, produced), optimized=False)
+    for feeds in data.feeds():
+        values = dict(zip(produced, session.run(produced, feeds), strict=True))
+        values.update({n: feeds[n] for n in names if n in graph_inputs})
+        first = next(iter(feeds.values()))
+        yield (len(first) if data.batched else 1), values
+
+
+def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> Calibration:
+    """Collect activation statistics and MACs with two float passes over ``data``."""
+    names = list(plan.activations)
+    out_of = {op.node: op.macs_tensor for op in plan.weighted_ops}
+    watched = list(dict.fromkeys(names + list(out_of.values())))
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    out_elems: dict[str, int] = {}
+    samples = 0
+    for count, values in _observed_values(model, data, watched):
+        samples += count
+        for name in names:
+            arr = values[name]
+            if arr.size:
+                lo[name] = min(lo[name], float(arr.min()))
+                hi[name] = max(hi[name], float(arr.max()))
+        for out in out_of.values():
+            out_elems[out] = out_elems.get(out, 0) + values[out].size
+    edges = {n: np.linspace(min(lo[n], 0.0), max(hi[n], 0.0), HIST_BINS + 1) for n in names
+             if np.isfinite(lo[n])}
+    hists = {n: np.zeros(HIST_BINS, np.int64) for n in edges}
+    zeros = dict.fromkeys(edges, 0)
+    for _, values in _observed_values(model, data, list(edges)):
+        for name in edges:
+            hists[name] += np.histogram(values[name], bins=edges[name])[0]
+            zeros[name] += int(np.count_nonzero(values[name] == 0))
+    stats = {n: ActivationStats(lo[n], hi[n], hists[n], edges[n], zeros[n]) for n in edges}
+    for name in set(names) - set(stats):
+        logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
+        stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
+    macs = {op.node: int(round(out_elems[op.macs_tensor] / max(samples, 1))) * op.reduction
+            for op in plan.weighted_ops}
+    return Calibration(stats, macs)
+
+
+def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[str, int]:
+    """Per tensor and bit-width below 16, choose min/max or the MSE-optimal clip, jointly.
+
+    Clipping errors of successive layers add up, so a range that is best for one tensor alone
+    can hurt the whole. For each activation bit-width below 16, start from the uniform
+    assignment at the most expensive candidate with those activation bits, every range at
+    min/max, and switch one tensor at a time to its MSE range, keeping the switch only when the
+    output SQNR of the whole model improves: never worse than min/max at that point.
+    Returns how many tensors took each method.
+    """
+    counts = dict.fromkeys(RANGE_METHODS, 0)
+    names = [n for g in groups for n in g.activations]
+    context = {c.a_bits: c for c in candidates if c.a_bits < 16}  # candidates sort cheapest first
+    total = len(context) * len(names)
+    for step, (bits, cand) in enumerate(sorted(context.items())):
+        assignment = {g.gid: cand for g in groups}
+        for name in names:
+            params.range_method[(name, bits)] = "minmax"
+        best = simulator.nsr(assignment)
+        for i, name in enumerate(names, 1):
+            params.range_method[(name, bits)] = "mse"
+            trial = simulator.nsr(assignment)
+            if trial < best:
+                best = trial
+            else:
+                params.range_method[(name, bits)] = "minmax"
+            counts[params.range_method[(name, bits)]] += 1
+            if progress:
+                progress(step * len(names) + i, total, f"{name} A{bits}")
+    return counts

@@ -1,0 +1,128 @@
+"""Stage 8: write the chosen assignment as a standard QDQ ONNX model.
+
+Activations get QuantizeLinear → DequantizeLinear pairs (uint8 / uint16, per tensor); weights
+are stored in their integer type (INT4 packed two per byte, INT8, INT16) behind a per-channel
+DequantizeLinear; biases become int32 with scale = input scale × weight scale. The tensor each
+consumer reads keeps its original name (the producer's output is renamed ``<name>_float``), and
+every original node keeps its name, so results map back to the float model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxmp import quant
+from onnxmp.groups import QuantPlan
+from onnxmp.params import QuantParams
+from onnxmp.simulate import Assignment
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
+_ACT_TYPES = {8: (TensorProto.UINT8, np.uint8), 16: (TensorProto.UINT16, np.uint16)}
+
+
+def integer_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:
+    """A signed integer initializer of ``bits`` bits; INT4 packed two values per byte."""
+    tensor = TensorProto()
+    tensor.name = name
+    tensor.dims.extend(values.shape)
+    tensor.data_type = _WEIGHT_TYPES[bits] if bits != 32 else TensorProto.INT32
+    if bits == 4:
+        tensor.raw_data = quant.pack_int4(values)
+    else:
+        dtype = {8: np.int8, 16: np.int16, 32: np.int32}[bits]
+        tensor.raw_data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+    return tensor
+
+
+def _float_tensor(name: str, values: np.ndarray) -> TensorProto:
+    return onnx.numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
+
+
+def _activation_qdq(name: str, source: str, scale: np.float32, zp: int, bits: int
+                    ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Q/DQ nodes and their parameter initializers turning ``source`` into ``name``."""
+    elem_type, np_type = _ACT_TYPES[bits]
+    s_name, z_name, q_name = f"{name}_scale", f"{name}_zero_point", f"{name}_quantized"
+    inits = [_float_tensor(s_name, np.float32(scale)), helper.make_tensor(z_name, elem_type, [], [np_type(zp)])]
+    nodes = [
+        helper.make_node("QuantizeLinear", [source, s_name, z_name], [q_name], name=f"{name}_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [name], name=f"{name}_DequantizeLinear"),
+    ]
+    return nodes, inits
+
+
+def _weight_dq(name: str, q: np.ndarray, scale: np.ndarray, axis: int, bits: int
+               ) -> tuple[onnx.NodeProto, list[TensorProto]]:
+    """A per-channel DequantizeLinear producing ``name`` from integer values."""
+    q_name, s_name, z_name = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+    zeros = np.zeros(scale.shape, np.int32)
+    inits = [integer_tensor(q_name, q, bits), _float_tensor(s_name, scale), integer_tensor(z_name, zeros, bits)]
+    node = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [name], name=f"{name}_DequantizeLinear",
+                            axis=axis)
+    return node, inits
+
+
+def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
+               assignment: Assignment) -> onnx.ModelProto:
+    """Functional: the QDQ model for ``assignment`` (a new model; ``model`` is not changed)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    act_group, weight_group = plan.group_of_activation(), plan.group_of_weight()
+    graph_inputs = {i.name for i in graph.input}
+    head_nodes: list[onnx.NodeProto] = []
+    new_inits: list[TensorProto] = []
+    replaced: set[str] = set()
+    after: dict[str, list[onnx.NodeProto]] = {}
+    renamed_inputs: dict[str, str] = {}
+    for name in plan.activations:
+        bits = assignment[act_group[name]].a_bits
+        scale, zp = params.activation(name, bits)
+        if name in graph_inputs:
+            target = f"{name}_dequantized"
+            nodes, inits = _activation_qdq(target, name, scale, zp, bits)
+            renamed_inputs[name] = target
+            head_nodes.extend(nodes)
+        else:
+            nodes, inits = _activation_qdq(name, f"{name}_float", scale, zp, bits)
+            after[name] = nodes
+        new_inits.extend(inits)
+    for op in plan.weighted_ops:
+        cand = assignment[weight_group[op.weight]]
+        if op.weight not in replaced:
+            qw = params.weight(op, cand.w_bits)
+            node, inits = _weight_dq(op.weight, qw.q, qw.scale, op.axis, cand.w_bits)
+            head_nodes.append(node)
+            new_inits.extend(inits)
+            replaced.add(op.weight)
+        bias = params.bias(op, cand.w_bits, cand.a_bits)
+        if bias is not None and op.bias not in replaced:
+            node, inits = _weight_dq(op.bias, bias.q, bias.scale, 0, 32)
+            head_nodes.append(node)
+            new_inits.extend(inits)
+            replaced.add(op.bias)
+        elif bias is None and op.bias:
+            logger.info("bias %s of %s kept float: int32 would overflow at %s", op.bias, op.node, cand)
+    nodes = list(head_nodes)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed_inputs.get(name, name)
+        produced = [name for name in node.output if name in after]
+        for i, name in enumerate(node.output):
+            if name in after:
+                node.output[i] = f"{name}_float"
+        nodes.append(node)
+        for name in produced:
+            nodes.extend(after[name])
+    kept = [t for t in graph.initializer if t.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out

@@ -1,0 +1,193 @@
+"""Stage 1: load and prepare a float model.
+
+``load_model`` reads a file (external data included) and checks it is a float model onnxmp can
+work on. ``prepare_model`` is functional: it returns a new model with Constant nodes turned
+into initializers, BatchNormalization folded into the Conv before it, the opset raised to 21
+(INT4 and UINT16 QuantizeLinear/DequantizeLinear need it) and shapes inferred. Node and tensor
+names of the float model are kept so results map back to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, version_converter
+
+from onnxmp.errors import AlreadyQuantizedError, ModelError
+from onnxmp.graph import subgraph_reads
+
+logger = logging.getLogger(__name__)
+
+TARGET_OPSET = 21
+MIN_OPSET = 13
+_QUANTIZED_OPS = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "MatMulNBits", "QGemm",
+}
+_INTEGER_WEIGHT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                         onnx.TensorProto.UINT4}
+
+
+def load_model(path: str) -> onnx.ModelProto:
+    """Read an ONNX file with its external data; raise ModelError if it is not a usable model."""
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such file; give the path of a float .onnx model")
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf raises several types for garbage input
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise ModelError(f"{path}: the model has no nodes (is it really an ONNX model?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{path}: the model is malformed: {first_line}") from exc
+    check_float_model(model, path)
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's version of the default ONNX domain."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ModelError("the model imports no default-domain opset; it is not a standard ONNX model")
+
+
+def check_float_model(model: onnx.ModelProto, path: str = "model") -> None:
+    """Refuse models that are already quantized or older than opset 13."""
+    found = sorted({node.op_type for node in model.graph.node if node.op_type in _QUANTIZED_OPS})
+    if found:
+        raise AlreadyQuantizedError(
+            f"{path}: already quantized (has {', '.join(found)}); give onnxmp the float model"
+        )
+    integer_weights = [t.name for t in model.graph.initializer if t.data_type in _INTEGER_WEIGHT_TYPES]
+    if integer_weights:
+        raise AlreadyQuantizedError(
+            f"{path}: has integer weights ({integer_weights[0]}, ...); give onnxmp the float model"
+        )
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"{path}: opset {opset} is older than {MIN_OPSET}; re-export the model at opset "
+            f"{MIN_OPSET} or later (or convert it with onnx.version_converter)"
+        )
+
+
+def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a prepared copy: constants as initializers, BN folded, opset 21, shapes inferred."""
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    constants_to_initializers(prepared.graph)
+    folded = fold_batchnorm(prepared.graph)
+    if folded:
+        logger.info("folded %d BatchNormalization node(s) into Conv", folded)
+    prepared = upgrade_opset(prepared)
+    return infer_shapes(prepared)
+
+
+def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert to opset 21 so INT4 weights and UINT16 activations can be expressed."""
+    if default_opset(model) < TARGET_OPSET:
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot convert the model from opset {default_opset(model)} to {TARGET_OPSET} "
+                f"({exc}); re-export it at opset {TARGET_OPSET}"
+            ) from exc
+    model.ir_version = max(model.ir_version, 10)
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference; a failure here means the model is inconsistent."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"shape inference failed on the model: {exc}") from exc
+
+
+def constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """In place: turn top-level ``Constant`` nodes holding a tensor into initializers, so that
+    weights exported as Constant nodes are found and quantized like any other weight."""
+    kept = []
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and len(node.attribute) == 1:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    return [node for node in graph.node if tensor in node.input]
+
+
+def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) -> bool:
+    """Fold the BatchNormalization reading ``conv``'s output, if that is exact; True if done."""
+    out = conv.output[0]
+    readers = _consumers(graph, out)
+    if len(readers) != 1 or readers[0].op_type != "BatchNormalization":
+        return False  # the raw conv output is needed elsewhere
+    bn = readers[0]
+    if out in {o.name for o in graph.output} or len(bn.output) != 1:
+        return False  # training-mode BN or an observed intermediate
+    if conv.input[1] not in inits or (len(conv.input) > 2 and conv.input[2] not in inits):
+        return False  # weights computed at run time
+    if not all(name in inits for name in bn.input[1:5]):
+        return False
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0]))
+    factor = gamma / np.sqrt(var + eps)
+    new_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+    new_bias = (bias - mean) * factor + beta
+    w_name, b_name = conv.name + "/folded_weight", conv.name + "/folded_bias"
+    graph.initializer.append(numpy_helper.from_array(new_weight.astype(np.float32), unique_name(graph, w_name)))
+    graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), unique_name(graph, b_name)))
+    del conv.input[1:]
+    conv.input.extend([graph.initializer[-2].name, graph.initializer[-1].name])
+    conv.output[0] = bn.output[0]  # downstream keeps reading the BN's output name
+    graph.node.remove(bn)
+    return True
+
+
+def fold_batchnorm(graph: onnx.GraphProto) -> int:
+    """In place: fold each Conv → BatchNormalization pair into the Conv; returns how many."""
+    inits = {t.name: t for t in graph.initializer}
+    folded = sum(_try_fold_pair(graph, node, inits) for node in list(graph.node)
+                 if node.op_type == "Conv" and len(node.input) >= 2)
+    if folded:
+        remove_unused_initializers(graph)
+    return folded
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    """In place: drop initializers no node reads (e.g. the float weights replaced by a fold)."""
+    used = {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]}
+    used |= {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def unique_name(graph: onnx.GraphProto, base: str) -> str:
+    """A tensor name not yet used in ``graph``, derived from ``base``."""
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    taken |= {o for node in graph.node for o in node.output}
+    name, index = base, 1
+    while name in taken:
+        name, index = f"{base}_{index}", index + 1
+    return name

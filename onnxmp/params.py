@@ -1,0 +1,93 @@
+"""Quantization parameters of every quantizer at every bit-width it may take.
+
+Computed lazily and cached: activation (scale, zero point) from the calibration statistics,
+per-channel weight scales and integer weights, and int32 biases (scale = input scale × weight
+scale, as integer kernels expect). The simulation and the export read the same values, so what
+was measured is what ships. AdaRound (a later stage) plugs in by replacing ``weight_rounding``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+
+from onnxmp import quant
+from onnxmp.calibrate import Calibration
+from onnxmp.groups import QuantPlan, WeightedOp, weight_array
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """A weight at some bit-width: integers, per-channel scales, and their float product."""
+
+    q: np.ndarray  # int32 values in the signed range of ``bits``
+    scale: np.ndarray  # float32, one per channel along ``axis``
+    axis: int
+    bits: int
+
+    def dequantized(self) -> np.ndarray:
+        shape = [1] * self.q.ndim
+        shape[self.axis] = -1
+        return (self.q.astype(np.float32) * self.scale.reshape(shape)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedBias:
+    q: np.ndarray  # int32
+    scale: np.ndarray  # float32 per channel
+
+    def dequantized(self) -> np.ndarray:
+        return (self.q.astype(np.float32) * self.scale).astype(np.float32)
+
+
+def round_to_nearest(w: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> np.ndarray:
+    """Default weight rounding: nearest, ties to even, saturated."""
+    return quant.quantize_symmetric(w, scale, axis, bits)
+
+
+class QuantParams:
+    """Lazily computed, cached quantization parameters for one model, plan and calibration."""
+
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration) -> None:
+        self.plan = plan
+        self.calibration = calibration
+        self._model = model
+        self._ops = {op.node: op for op in plan.weighted_ops}
+        self._weights: dict[tuple[str, int], QuantizedWeight] = {}
+        self._floats: dict[str, np.ndarray] = {}
+        self.weight_rounding = round_to_nearest
+        self.range_method: dict[tuple[str, int], str] = {}  # (tensor, bits) -> method; default "mse"
+
+    def float_weight(self, name: str) -> np.ndarray:
+        if name not in self._floats:
+            self._floats[name] = weight_array(self._model, name)
+        return self._floats[name]
+
+    def activation(self, name: str, bits: int, method: str | None = None) -> tuple[np.float32, int]:
+        chosen = method or self.range_method.get((name, bits), "mse")
+        return self.calibration.stats[name].params(bits, chosen)
+
+    def weight(self, op: WeightedOp, bits: int) -> QuantizedWeight:
+        key = (op.weight, bits)
+        if key not in self._weights:
+            w = self.float_weight(op.weight)
+            scale = quant.weight_scales(w, op.axis, bits)
+            q = self.weight_rounding(w, scale, op.axis, bits)
+            self._weights[key] = QuantizedWeight(q, scale, op.axis, bits)
+        return self._weights[key]
+
+    def bias(self, op: WeightedOp, w_bits: int, a_bits: int) -> QuantizedBias | None:
+        """The int32 bias of ``op``, or None when it would overflow int32 (then it stays float)."""
+        if op.bias is None:
+            return None
+        act_scale, _ = self.activation(op.activation, a_bits)
+        scale = (np.float32(act_scale) * self.weight(op, w_bits).scale).astype(np.float32)
+        scale = np.maximum(scale, np.float32(1e-30))
+        q = np.round(self.float_weight(op.bias).astype(np.float64) / scale)
+        if np.abs(q).max(initial=0) > INT32_MAX:
+            return None
+        return QuantizedBias(q.astype(np.int32), scale)

@@ -1,0 +1,48 @@
+"""Creating onnxruntime sessions and running a model over a calibration set."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxmp.data import CalibrationSet
+from onnxmp.errors import ModelError
+
+
+def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
+                 extra_config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU session on a model (proto, serialized bytes or path); single-threaded intra-op so
+    several configurations can be evaluated side by side without oversubscribing cores."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    )
+    for key, value in (extra_config or {}).items():
+        options.add_session_config_entry(key, value)
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
+             extra_feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run every sample; each output's values over all runs, flattened and concatenated."""
+    chunks: list[list[np.ndarray]] = [[] for _ in output_names]
+    for feeds in data.feeds():
+        if extra_feeds:
+            feeds = {**feeds, **extra_feeds}
+        try:
+            results = session.run(output_names, feeds)
+        except Exception as exc:
+            raise ModelError(f"onnxruntime failed running the model: {str(exc).strip().splitlines()[0]}") from exc
+        for store, value in zip(chunks, results, strict=True):
+            store.append(np.asarray(value, dtype=np.float32).reshape(-1))
+    return [np.concatenate(store) for store in chunks]
+
+
+def output_names(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]

@@ -1,0 +1,143 @@
+"""One onnxruntime session that simulates any bit-width assignment, switched by feeds.
+
+The simulation model is the prepared float model with (a) each activation quantizer replaced by
+standard ops Div → Round → Add → Clip → Sub → Mul whose scale, zero point and clip bounds are
+graph inputs, and (b) each quantized weight and bias turned into a graph input fed with its
+dequantized value. Any assignment of candidates to groups is then a set of feeds: no model is
+rebuilt and no session created per configuration. ``Round`` rounds half to even, exactly like
+QuantizeLinear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxmp import quant
+from onnxmp.candidates import Candidate
+from onnxmp.data import CalibrationSet
+from onnxmp.groups import QuantPlan
+from onnxmp.params import QuantParams
+from onnxmp.session import make_session, output_names, run_over
+
+Assignment = Mapping[int, Candidate]
+_SUFFIXES = ("scale", "zp", "qmin", "qmax")
+
+
+def _param_name(tensor: str, what: str) -> str:
+    return f"{tensor}::{what}"
+
+
+def _fake_quant_nodes(src: str, dst: str) -> list[onnx.NodeProto]:
+    """src → dst through standard-op fake quantization reading ``src::scale`` etc."""
+    p = {s: _param_name(dst, s) for s in _SUFFIXES}
+    t = {k: f"{dst}::{k}" for k in ("div", "round", "shift", "clip", "unshift")}
+    return [
+        helper.make_node("Div", [src, p["scale"]], [t["div"]], name=f"{dst}::fq_div"),
+        helper.make_node("Round", [t["div"]], [t["round"]], name=f"{dst}::fq_round"),
+        helper.make_node("Add", [t["round"], p["zp"]], [t["shift"]], name=f"{dst}::fq_add"),
+        helper.make_node("Clip", [t["shift"], p["qmin"], p["qmax"]], [t["clip"]], name=f"{dst}::fq_clip"),
+        helper.make_node("Sub", [t["clip"], p["zp"]], [t["unshift"]], name=f"{dst}::fq_sub"),
+        helper.make_node("Mul", [t["unshift"], p["scale"]], [dst], name=f"{dst}::fq_mul"),
+    ]
+
+
+def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Functional: a new model simulating quantization with feeds for every parameter."""
+    sim = onnx.ModelProto()
+    sim.CopyFrom(model)
+    graph = sim.graph
+    fed = {op.weight for op in plan.weighted_ops} | {op.bias for op in plan.weighted_ops if op.bias}
+    for tensor in [t for t in graph.initializer if t.name in fed]:
+        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        graph.initializer.remove(tensor)
+    graph_inputs = {i.name for i in graph.input}
+    renamed: dict[str, str] = {}  # graph-input activations: readers switch to the quantized copy
+    chains: dict[str, list[onnx.NodeProto]] = {}
+    for name in plan.activations:
+        for suffix in _SUFFIXES:
+            graph.input.append(helper.make_tensor_value_info(_param_name(name + "::fq" if name in graph_inputs else name, suffix), onnx.TensorProto.FLOAT, []))
+        if name in graph_inputs:
+            renamed[name] = name + "::fq"
+            chains.setdefault("", []).extend(_fake_quant_nodes(name, name + "::fq"))
+        else:
+            chains[name] = _fake_quant_nodes(name + "::float", name)
+    nodes = list(chains.get("", []))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+        produced = [o for o in node.output if o in chains]
+        for i, name in enumerate(node.output):
+            if name in chains:
+                node.output[i] = name + "::float"
+        nodes.append(node)
+        for name in produced:
+            nodes.extend(chains[name])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return sim
+
+
+class Simulator:
+    """Evaluates assignments on the calibration set in one reused session."""
+
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
+                 data: CalibrationSet, reference: list[np.ndarray]) -> None:
+        self.plan = plan
+        self.params = params
+        self.data = data
+        self.reference = reference
+        self._graph_inputs = set(data.arrays)
+        self._session = make_session(build_simulation_model(model, plan))
+        self._outputs = output_names(model)
+        self._act_group = plan.group_of_activation()
+        self._weight_group = plan.group_of_weight()
+        self._cache: dict[tuple, np.ndarray] = {}
+        self.evaluations = 0
+
+    def _cached(self, key: tuple, make) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def activation_feeds(self, name: str, bits: int, method: str | None = None) -> dict[str, np.ndarray]:
+        """The feeds that quantize activation ``name`` at ``bits`` (range by ``method``)."""
+        target = name + "::fq" if name in self._graph_inputs else name
+        scale, zp = self.params.activation(name, bits, method)
+        qmin, qmax = quant.unsigned_range(bits)
+        values = (scale, zp, qmin, qmax)
+        return {_param_name(target, s): np.array(v, np.float32) for s, v in zip(_SUFFIXES, values, strict=True)}
+
+    def feeds_for(self, assignment: Assignment) -> dict[str, np.ndarray]:
+        """Every parameter feed of the simulation model for one assignment."""
+        feeds: dict[str, np.ndarray] = {}
+        for name in self.plan.activations:
+            bits = assignment[self._act_group[name]].a_bits
+            method = self.params.range_method.get((name, bits))
+            feeds.update(self._cached(("a", name, bits, method), lambda n=name, b=bits: self.activation_feeds(n, b)))
+        for op in self.plan.weighted_ops:
+            cand = assignment[self._weight_group[op.weight]]
+            feeds[op.weight] = self._cached(("w", op.weight, cand.w_bits),
+                                            lambda o=op, c=cand: self.params.weight(o, c.w_bits).dequantized())
+            if op.bias:
+                feeds[op.bias] = self._cached(("b", op.node, cand), lambda o=op, c=cand: self._bias_value(o, c))
+        return feeds
+
+    def _bias_value(self, op, cand: Candidate) -> np.ndarray:
+        bias = self.params.bias(op, cand.w_bits, cand.a_bits)
+        return bias.dequantized() if bias is not None else self.params.float_weight(op.bias)
+
+    def outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Model outputs over the calibration set; ``overrides`` replace some parameter feeds."""
+        self.evaluations += 1
+        feeds = self.feeds_for(assignment)
+        if overrides:
+            feeds = {**feeds, **overrides}
+        return run_over(self._session, self.data, self._outputs, feeds)
+
+    def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
+        """Noise-to-signal ratio of the model outputs against the float reference."""
+        return quant.noise_ratio(self.reference, self.outputs(assignment, overrides))

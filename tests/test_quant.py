@@ -1,0 +1,77 @@
+"""The QDQ math against independent references: onnx's reference evaluator and NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxmp import quant
+from onnxmp.export import integer_tensor
+
+
+def _qdq_reference(x: np.ndarray, scale: np.ndarray, zp: TensorProto, axis: int | None = None) -> np.ndarray:
+    """QuantizeLinear → DequantizeLinear as onnx's reference evaluator computes them."""
+    kwargs = {} if axis is None else {"axis": axis}
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], **kwargs),
+         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], **kwargs)],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        [numpy_helper.from_array(scale, "s"), zp],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+
+
+def test_asymmetric_fake_quant_matches_reference_evaluator():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(4096) * 3).astype(np.float32)
+    x[:8] = [0.5, 1.5, -2.5, 100.0, -100.0, 0.0, 2.5, 3.5]  # ties and saturation
+    for bits, elem in ((8, TensorProto.UINT8), (16, TensorProto.UINT16)):
+        scale, zp = quant.activation_params(-4.0, 6.0, bits)
+        ref = _qdq_reference(x, np.array(scale, np.float32), helper.make_tensor("zp", elem, [], [zp]))
+        np.testing.assert_array_equal(quant.fake_quant_asymmetric(x, scale, zp, bits), ref)
+
+
+def test_symmetric_per_channel_matches_reference_evaluator():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    for bits, elem in ((4, TensorProto.INT4), (8, TensorProto.INT8), (16, TensorProto.INT16)):
+        scale = quant.weight_scales(w, 0, bits)
+        zp = helper.make_tensor("zp", elem, [6], [0] * 6)
+        ref = _qdq_reference(w, scale, zp, axis=0)
+        np.testing.assert_array_equal(quant.fake_quant_symmetric(w, scale, 0, bits), ref)
+
+
+def test_int4_packing_round_trips_through_onnx():
+    values = np.array([[-8, 7, 0, -1, 3], [1, -2, 5, -7, 6]], dtype=np.int32)
+    tensor = integer_tensor("w", values, 4)
+    assert len(tensor.raw_data) == 5  # 10 values, two per byte
+    np.testing.assert_array_equal(numpy_helper.to_array(tensor).astype(np.int32), values)
+
+
+def test_weight_scales_beat_max_scaling_at_4_bits():
+    w = np.random.default_rng(2).standard_t(3, size=(16, 64)).astype(np.float32)
+    mse = quant.fake_quant_symmetric(w, quant.weight_scales(w, 0, 4), 0, 4)
+    plain_scale = (np.abs(w).max(axis=1) / 7).astype(np.float32)
+    plain = quant.fake_quant_symmetric(w, plain_scale, 0, 4)
+    assert ((w - mse) ** 2).sum() < 0.9 * ((w - plain) ** 2).sum()
+
+
+def test_mse_range_beats_min_max_with_outliers():
+    x = np.random.default_rng(3).standard_normal(200_000)
+    x[:20] = 60.0  # a few outliers stretch min/max
+    hist, edges = np.histogram(x, bins=2048, range=(x.min(), x.max()))
+    for bits, factor in ((4, 0.5), (8, 1.0)):
+        lo, hi = quant.mse_range(hist, edges, bits)
+        assert x.min() <= lo <= 0 <= hi < x.max()
+        err = lambda r, b=bits: ((quant.fake_quant_asymmetric(x, *quant.activation_params(*r, b), b) - x) ** 2).mean()  # noqa: E731
+        assert err((lo, hi)) < factor * err((x.min(), x.max()))
+
+
+def test_sqnr_is_infinite_for_exact_and_20db_for_a_tenth():
+    ref = [np.ones(100, np.float32)]
+    assert quant.sqnr_db(ref, ref) >= 199
+    assert abs(quant.sqnr_db(ref, [np.full(100, 1.1, np.float32)]) - 20.0) < 1e-4
