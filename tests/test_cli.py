@@ -1,0 +1,93 @@
+"""Every bad input: one clear line on stderr, exit status 1, no traceback, no output file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxmp.cli import main
+
+
+def _fails(capsys, argv, message):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onnxmp: error:") and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert message in err, err
+
+
+def _args(model, out, *extra):
+    return ["optimize", str(model), str(out), "-q", *extra]
+
+
+def test_cli_runs_and_reports(cnn_path, tmp_path, capsys):
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert main(["optimize", str(cnn_path), str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "uniform W8A8" in printed
+    record = json.loads(report.read_text())
+    assert record["chosen"]["relative_cost"] <= 0.5 + 1e-9 and out.exists()
+
+
+def test_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a model")
+    _fails(capsys, _args(bad, tmp_path / "o.onnx"), "not a readable ONNX model")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_missing_file(tmp_path, capsys):
+    _fails(capsys, _args(tmp_path / "none.onnx", tmp_path / "o.onnx"), "no such file")
+
+
+def test_no_quantizable_op(tmp_path, capsys):
+    model = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Exp(x) }""")
+    onnx.save(model, str(tmp_path / "exp.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.ones((2, 4), np.float32))
+    _fails(capsys, _args(tmp_path / "exp.onnx", tmp_path / "o.onnx"), "no op onnxmp can quantize")
+
+
+def test_already_quantized(tmp_path, capsys):
+    model = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (float[N, 4] x) => (float[N, 4] y) <float s = {0.1}, uint8 z = {0}> {
+            q = QuantizeLinear(x, s, z)
+            y = DequantizeLinear(q, s, z)
+        }""")
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    _fails(capsys, _args(tmp_path / "q.onnx", tmp_path / "o.onnx"), "already quantized")
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"image": np.ones((4, 3, 8, 8), np.float32)}, "no data for model input(s) x"),
+    ({"x": np.ones((4, 3, 9, 9), np.float32)}, "the model wants [?, 3, 8, 8]"),
+    ({"x": np.full((4, 3, 8, 8), np.nan, np.float32)}, "NaN or Inf"),
+    ({"x": np.ones((4, 3, 8, 8), np.int64)}, "dtype int64"),
+    ({"x": np.ones((0, 3, 8, 8), np.float32)}, "no samples"),
+])
+def test_bad_calibration_data(cnn_path, tmp_path, capsys, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    _fails(capsys, _args(cnn_path, tmp_path / "o.onnx", "--calib", str(tmp_path / "bad.npz")), message)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unwritable_output(cnn_path, tmp_path, capsys):
+    _fails(capsys, _args(cnn_path, tmp_path / "missing" / "o.onnx"), "does not exist")
+    _fails(capsys, _args(cnn_path, cnn_path), "overwrite the input")
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--candidates", "W3A8"], "unsupported candidate"),
+    (["--candidates", "8bit"], "unknown candidate"),
+    (["--budget", "0"], "--budget must be in (0, 1]"),
+    (["--budget", "0.01"], "below the cheapest"),
+])
+def test_bad_options(cnn_path, tmp_path, capsys, option, message):
+    _fails(capsys, _args(cnn_path, tmp_path / "o.onnx", *option), message)
+    assert not (tmp_path / "o.onnx").exists()
+    assert not list(tmp_path.glob(".onnxmp-*"))  # no temporary file left either

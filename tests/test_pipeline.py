@@ -1,0 +1,105 @@
+"""End to end on the tiny CNN: the exported model is deployable and measures what was simulated."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import make_cnn
+from onnx.reference import ReferenceEvaluator
+
+from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp.loader import prepare_model
+
+STANDARD_DOMAINS = {"", "ai.onnx"}
+
+
+def assert_deployable(model: onnx.ModelProto) -> None:
+    """The contract of every output: standard domain only, full check, runs on stock onnxruntime."""
+    onnx.checker.check_model(model, full_check=True)
+    assert {n.domain for n in model.graph.node} <= STANDARD_DOMAINS
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def calib(tmp_path):
+    return np.load(tmp_path / "calib.npz")["x"]
+
+
+def _run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_batchnorm_fold_and_opset_upgrade_keep_outputs(cnn_path, calib):
+    original = onnx.load(str(cnn_path))
+    prepared = prepare_model(original)
+    assert not any(n.op_type == "BatchNormalization" for n in prepared.graph.node)
+    assert prepared.opset_import[0].version == 21
+    # onnxruntime runs the unfolded opset-13 model (onnx's reference evaluator gets opset-13
+    # BatchNormalization wrong); the reference evaluator runs the prepared one.
+    ref = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": calib})[0]
+    got = ReferenceEvaluator(prepared).run(None, {"x": calib})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_optimize_writes_a_deployable_mixed_model(cnn_path, tmp_path, calib):
+    out = tmp_path / "out.onnx"
+    before = cnn_path.read_bytes()
+    result = optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"), budget=0.35))
+    assert cnn_path.read_bytes() == before  # the input is never modified
+    model = onnx.load(str(out))
+    assert_deployable(model)
+    chosen = result.record["chosen"]
+    assert chosen["relative_cost"] <= 0.35 + 1e-9
+    assert len(chosen["mix"]) >= 2  # a real mix
+    # Node names of the float model are kept (BatchNormalization is folded away).
+    names = {n.name for n in model.graph.node}
+    assert {n.name for n in make_cnn().graph.node if n.op_type != "BatchNormalization"} <= names
+    # Weights are stored in the integer type of their group's candidate.
+    inits = {t.name: t for t in model.graph.initializer}
+    types = {4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8, 16: onnx.TensorProto.INT16}
+    for group in result.record["groups"]:
+        w_bits = int(group["candidate"][1:].split("A")[0])
+        for weight in group["weights"]:
+            assert inits[weight + "_quantized"].data_type == types[w_bits]
+    # The exported model computes what the simulation measured.
+    assert chosen["sqnr_db_ort_precise"] == pytest.approx(chosen["simulated_sqnr_db"], abs=0.05)
+
+
+def test_exported_model_matches_reference_evaluator(cnn_path, tmp_path, calib):
+    out = tmp_path / "out.onnx"
+    optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"),
+                                                     candidates=parse_candidates("W4A8,W8A16")))
+    model = onnx.load(str(out))
+    ref = ReferenceEvaluator(model).run(None, {"x": calib})[0]
+    got = _run(out, calib)
+    # Float rounding inside the Conv may flip a value across a quantization step; allow a few steps.
+    step = float(onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "logits_scale")))
+    assert np.abs(got - ref).max() <= 3 * step
+    assert np.mean(np.abs(got - ref) > 0) < 0.05
+
+
+def test_budget_half_is_at_least_as_good_as_uniform_w8a8(cnn_path, tmp_path):
+    result = optimize(str(cnn_path), None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), budget=0.5))
+    record = result.record
+    assert record["chosen"]["relative_cost"] <= 0.5 + 1e-9
+    assert record["chosen"]["simulated_sqnr_db"] >= record["uniform"]["W8A8"]["sqnr_db"] - 1e-6
+
+
+def test_external_data_model_loads(tmp_path):
+    calib = np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    path = tmp_path / "ext.onnx"
+    onnx.save(make_cnn(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    np.savez(tmp_path / "calib.npz", x=calib)
+    result = optimize(str(path), str(tmp_path / "out.onnx"), OptimizeConfig(calib=str(tmp_path / "calib.npz")))
+    assert result.record["counts"]["weighted_ops"] == 6
+
+
+def test_memory_metric_counts_weight_bits(cnn_path, tmp_path):
+    result = optimize(str(cnn_path), None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), metric="memory",
+                                                          budget=0.75))
+    record = result.record
+    assert record["chosen"]["memory_bytes"] <= 0.75 * record["baseline"]["memory_bytes"] + 1e-6

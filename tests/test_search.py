@@ -1,0 +1,74 @@
+"""Phase 2 on hand-computable cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxmp.candidates import Candidate, parse_candidates
+from onnxmp.errors import ConfigError
+from onnxmp.search import choose_for_budget, group_ladder, pareto_curve, pick_for_budget
+
+W4A8, W8A8, W8A16 = Candidate(4, 8), Candidate(8, 8), Candidate(8, 16)
+CANDS = parse_candidates("W4A8,W8A8,W8A16")
+
+
+def _bops(macs):
+    return lambda g, c: macs[g] * c.w_bits * c.a_bits
+
+
+def test_greedy_lowers_least_noise_per_saved_cost_first():
+    # group 0: 100 MACs, very robust; group 1: 100 MACs, sensitive to W4.
+    macs = {0: 100, 1: 100}
+    base = 1e-4
+    nsr = {(0, W8A16): base, (0, W8A8): 2e-4, (0, W4A8): 3e-4,
+           (1, W8A16): base, (1, W8A8): 2e-4, (1, W4A8): 1e-1}
+    curve = pareto_curve([0, 1], CANDS, nsr, base, _bops(macs))
+    moves = [(p.moved[0], str(p.moved[2])) for p in curve.points[1:]]
+    # Each W8A16→W8A8 saves 6400 for +1e-4; group 0's W4A8 saves 3200 for +1e-4; group 1's W4A8 costs +0.0998.
+    assert moves == [(0, "W8A8"), (1, "W8A8"), (0, "W4A8"), (1, "W4A8")]
+    costs = [p.cost for p in curve.points]
+    assert costs == [25600, 19200, 12800, 9600, 6400]
+    # Noise adds up: baseline + (3e-4 - base) from group 0 at W4A8 + (2e-4 - base) from group 1 at W8A8.
+    assert curve.points[3].est_nsr == pytest.approx(4e-4)
+    assert curve.assignment_at(3) == {0: W4A8, 1: W8A8}
+
+
+def test_budget_choice_refines_a_greedy_step_that_undershoots():
+    # Groups 0 and 1 carry the MACs; group 2 is tiny but sensitive. Budget 0.5 = uniform W8A8.
+    macs = {0: 100, 1: 100, 2: 1}
+    base = 1e-4
+    nsr = {(0, W8A16): base, (0, W8A8): 2e-4, (0, W4A8): 1e-2,
+           (1, W8A16): base, (1, W8A8): 2e-4, (1, W4A8): 2e-2,
+           (2, W8A16): base, (2, W8A8): 5e-3, (2, W4A8): 9e-2}
+    cost = _bops(macs)
+    curve = pareto_curve([0, 1, 2], CANDS, nsr, base, cost)
+    # Greedy: 0→W8A8, 1→W8A8 (0.5025 of the baseline), then 0→W4A8 jumps to 0.378.
+    assert pick_for_budget(curve, 0.5) == 3
+    assert curve.points[3].relative_cost == pytest.approx((3200 + 6400 + 128) / 25728)
+    choice = choose_for_budget(curve, 0.5, nsr, cost)
+    # Lowering group 2 instead lands exactly on the budget with half the added noise.
+    assert choice.assignment == {0: W8A8, 1: W8A8, 2: W8A8} and choice.refined
+    assert choice.relative_cost == pytest.approx(0.5)
+    assert choice.est_nsr == pytest.approx(base + 1e-4 + 1e-4 + 4.9e-3)
+    with pytest.raises(ConfigError, match="below the cheapest"):
+        pick_for_budget(curve, 0.1)
+
+
+def test_budget_fill_raises_groups_back_when_budget_is_left():
+    macs = {0: 100, 1: 10}
+    base = 1e-4
+    nsr = {(0, W8A16): base, (0, W8A8): 2e-4, (0, W4A8): 1e-2,
+           (1, W8A16): base, (1, W8A8): 1.01e-4, (1, W4A8): 1.1e-3}
+    cost = _bops(macs)
+    curve = pareto_curve([0, 1], CANDS, nsr, base, cost)
+    # Greedy: group 1 → W8A8 (0.954), then group 0 → W8A8 (0.5): budget 0.9 picks the 0.5 point,
+    # leaving room to raise group 1 back to W8A16 (0.545).
+    assert pick_for_budget(curve, 0.9) == 2
+    choice = choose_for_budget(curve, 0.9, nsr, cost)
+    assert choice.assignment == {0: W8A8, 1: W8A16} and choice.refined
+    assert choice.relative_cost == pytest.approx((6400 + 1280) / 14080)
+
+
+def test_ladder_drops_equal_cost_candidates_for_weightless_groups():
+    nsr = {(0, c): 1e-3 * (3 - i) for i, c in enumerate(CANDS)}
+    assert group_ladder(0, CANDS, nsr, lambda g, c: 0.0) == [W8A16]
