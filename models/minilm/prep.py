@@ -68,7 +68,6 @@ def build_graph(w: dict[str, np.ndarray]):
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
-    counter = [0]
 
     def const(name: str, arr) -> str:
         inits.append(numpy_helper.from_array(np.asarray(arr), name))
@@ -290,7 +289,7 @@ def random_tokens(rng: np.random.Generator, n: int, length: int) -> tuple[np.nda
 def compare_with_sentence_transformers(common, wheel: Path, out: Path, ids, mask, emb) -> str:
     """Optional check against the package's own loader (sentence-transformers + torch)."""
     try:
-        import sentence_transformers  # noqa: F401
+        import sentence_transformers
         import torch
     except ImportError:
         return "skipped (sentence_transformers not importable)"

@@ -45,7 +45,7 @@ def make_texts(sentences: list[str], n: int, rng: np.random.Generator) -> list[s
 
 def render_set(texts, fonts, rng, common, labels) -> np.ndarray:
     xs = np.empty((len(texts), 3, IMG_H, IMG_W), dtype=np.float32)
-    for i, (t, lab) in enumerate(zip(texts, labels)):
+    for i, (t, lab) in enumerate(zip(texts, labels, strict=True)):
         font = fonts[int(rng.integers(len(fonts)))]
         size = int(rng.integers(20, 45))
         img = common.render_line(t, font, size, rng)

@@ -40,7 +40,7 @@ def load_charset(model_path: Path, common) -> list[str]:
     m = onnx.load(str(model_path), load_external_data=False)
     meta = {p.key: p.value for p in m.metadata_props}
     chars = meta["character"].splitlines()  # exactly rapidocr's get_character_list
-    return ["blank"] + chars + [" "]
+    return ["blank", *chars, " "]
 
 
 def render_fitting(sentence: str, fonts, rng, common, charset: set[str]):
