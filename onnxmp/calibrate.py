@@ -51,6 +51,25 @@ class Calibration:
     stats: dict[str, ActivationStats]
     macs: dict[str, int]  # weighted op node name -> multiply-accumulates per sample
 
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON metadata for the results cache (tensor names can hold any character,
+        so arrays are keyed by position)."""
+        names = sorted(self.stats)
+        arrays = {}
+        for i, name in enumerate(names):
+            st = self.stats[name]
+            arrays[f"hist{i}"], arrays[f"edges{i}"] = st.hist, st.edges
+        meta = {"names": names, "macs": self.macs,
+                "scalars": [[self.stats[n].minimum, self.stats[n].maximum, self.stats[n].zeros] for n in names]}
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> Calibration:
+        stats = {}
+        for i, (name, (lo, hi, zeros)) in enumerate(zip(meta["names"], meta["scalars"], strict=True)):
+            stats[name] = ActivationStats(lo, hi, arrays[f"hist{i}"], arrays[f"edges{i}"], int(zeros))
+        return cls(stats, {k: int(v) for k, v in meta["macs"].items()})
+
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the given intermediate tensors."""

@@ -7,13 +7,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import onnxmp
+from onnxmp import quant
 from onnxmp.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.cost import METRICS
 from onnxmp.errors import OnnxmpError
-from onnxmp.pipeline import OptimizeConfig, optimize
+from onnxmp.evaluate import load_user_evaluator
+from onnxmp.pipeline import OptimizeConfig, analyze, optimize
+
+
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/onnxmp, else ~/.cache/onnxmp (read here, never deep in the library)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "onnxmp")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", help=".npz keyed by input name (samples on axis 0), or a folder of them; "
+                                   "default: calib.npz beside the model, else random inputs (warned)")
+    p.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                   help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES})")
+    p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,17 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="quantize a float model to a mixed-precision QDQ model")
     opt.add_argument("input", help="float ONNX model")
     opt.add_argument("output", help="where to write the QDQ model")
-    opt.add_argument("--calib", help=".npz keyed by input name (samples on axis 0), or a folder of them; "
-                                     "default: calib.npz beside the model, else random inputs (warned)")
     opt.add_argument("--budget", type=float, default=0.5,
                      help="cost budget as a fraction of the all-highest-candidate cost (default 0.5)")
     opt.add_argument("--metric", choices=METRICS, default="bops", help="cost metric (default bops)")
-    opt.add_argument("--candidates", default=DEFAULT_CANDIDATES,
-                     help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES})")
+    opt.add_argument("--target-drop", help="instead of a budget: the largest allowed drop of the evaluator's "
+                                           "score from the all-highest baseline, absolute (1) or relative (1%%)")
+    opt.add_argument("--eval", dest="eval_spec", help="module:function (or file.py:function) scoring a model path, "
+                                                      "higher is better")
+    opt.add_argument("--eval-data", help=".npz with the model inputs and integer 'labels': top-1 accuracy")
     opt.add_argument("--report", help="write the JSON record of the run here")
-    for p in (opt,):
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-        p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    opt.add_argument("--report-dir", help="write report.json, pareto.png and summary.md into this folder")
+    _common(opt)
+    ana = sub.add_parser("analyze", help="Phase 1 only: print the sensitivity list, most sensitive first")
+    ana.add_argument("input", help="float ONNX model")
+    ana.add_argument("--top", type=int, default=0, help="print only the N most sensitive rows")
+    _common(ana)
     return parser
 
 
@@ -66,22 +90,55 @@ def _summary(record: dict, output: str) -> str:
         f"{chosen['sqnr_db_ort_precise']:.2f} dB precise, {chosen['simulated_sqnr_db']:.2f} dB simulated "
         f"(all-{record['baseline']['candidate']}: {record['baseline']['sqnr_db']:.2f} dB)",
     ]
+    target = record.get("target")
+    if target:
+        lines.append(f"  {target['metric']}: {target['chosen_score']:.4g} (baseline {target['baseline_score']:.4g}, "
+                     f"target >= {target['threshold']:.4g}; {target['evaluations']} evaluations)")
     for name, point in record["uniform"].items():
         lines.append(f"  uniform {name}: cost {point['relative_cost']:.3f}, SQNR {point['sqnr_db']:.2f} dB")
+    if record["cache"]["hit"]:
+        lines.append(f"  Phase 1 reused from {record['cache']['folder']}")
     return "\n".join(lines)
+
+
+def _sensitivity_table(analysis, top: int) -> str:
+    groups = {g.gid: g for g in analysis.plan.groups}
+    rows = [s for s in analysis.sensitivities if s.evaluated]  # not the reused, equivalent ones
+    rows = rows[:top] if top else rows
+    lines = [f"baseline (every group at the highest candidate): {quant.nsr_to_db(analysis.base_nsr):.2f} dB",
+             f"{'group':>5}  {'candidate':<9} {'SQNR dB':>8}  nodes"]
+    for s in rows:
+        g = groups[s.gid]
+        nodes = ", ".join(g.nodes) if g.nodes else "(activations) " + ", ".join(g.activations)
+        cand = str(s.candidate) if g.weights else f"A{s.candidate.a_bits}"
+        lines.append(f"{s.gid:>5}  {cand:<9} {s.sqnr_db:>8.2f}  {nodes[:90]}")
+    return "\n".join(lines)
+
+
+def _config(args: argparse.Namespace) -> OptimizeConfig:
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    common = {"candidates": parse_candidates(args.candidates), "calib": args.calib, "cache_dir": cache}
+    if args.command == "analyze":
+        return OptimizeConfig(**common)
+    evaluator = load_user_evaluator(args.eval_spec) if args.eval_spec else None
+    return OptimizeConfig(**common, budget=args.budget, metric=args.metric, report=args.report,
+                          report_dir=args.report_dir, target_drop=args.target_drop, evaluator=evaluator,
+                          eval_data=args.eval_data)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="onnxmp: %(levelname)s: %(message)s")
+    progress = _ProgressLine(not args.quiet)
     try:
+        config = _config(args)
         if args.command == "optimize":
-            config = OptimizeConfig(candidates=parse_candidates(args.candidates), budget=args.budget,
-                                    metric=args.metric, calib=args.calib, report=args.report)
-            result = optimize(args.input, args.output, config, progress=_ProgressLine(not args.quiet))
+            result = optimize(args.input, args.output, config, progress=progress)
             if not args.quiet:
                 print(_summary(result.record, args.output))
+        else:
+            print(_sensitivity_table(analyze(args.input, config, progress=progress), args.top))
     except OnnxmpError as exc:
         print(f"onnxmp: error: {exc}", file=sys.stderr)
         return 1

@@ -1,40 +1,50 @@
 """The optimize pipeline: calls the stages in order and holds no math.
 
-load → prepare → quantizers & groups → calibrate → Phase 1 → Phase 2 → pick → export → measure.
+load → prepare → quantizers & groups → calibrate → Phase 1 → Phase 2 → pick (budget or
+accuracy target) → export → measure. ``analyze`` is the part up to Phase 1, shared by the
+``analyze`` command, and cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
 
+import onnxmp
 from onnxmp import quant
-from onnxmp.calibrate import calibrate, select_ranges
+from onnxmp.cache import ResultsCache, cache_key
+from onnxmp.calibrate import Calibration, calibrate, select_ranges
 from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
 from onnxmp.cost import METRICS, CostModel
-from onnxmp.data import resolve_calibration
+from onnxmp.data import CalibrationSet, resolve_calibration
 from onnxmp.errors import ConfigError, ModelError
+from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
 from onnxmp.export import export_qdq
 from onnxmp.files import check_writable, save_json, save_model
-from onnxmp.groups import find_quantizers
+from onnxmp.groups import QuantPlan, find_quantizers
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.params import QuantParams
-from onnxmp.report import build_record
-from onnxmp.search import choose_for_budget, pareto_curve
-from onnxmp.sensitivity import sensitivity_list
+from onnxmp.report import build_record, write_report_dir
+from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
+from onnxmp.sensitivity import Sensitivity, sensitivity_list
 from onnxmp.session import make_session, output_names, run_over
-from onnxmp.simulate import Simulator
+from onnxmp.simulate import Assignment, Simulator
+from onnxmp.target import TargetDrop, interpolation_search
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int, str], None]
 # Session option that keeps onnxruntime from computing INT8-weight MatMuls with 8-bit activations.
 PRECISE_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
+HELD_BACK_FRACTION = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +52,26 @@ class OptimizeConfig:
     """Every option of ``optimize``; the CLI builds one of these."""
 
     candidates: tuple[Candidate, ...] = parse_candidates(DEFAULT_CANDIDATES)
-    budget: float = 0.5
+    budget: float | None = 0.5
     metric: str = "bops"
     calib: str | None = None
-    report: str | None = None
-    measured_points: int = 12  # curve points whose real SQNR is measured, besides the chosen one
+    report: str | None = None  # JSON record
+    report_dir: str | None = None  # JSON record, Pareto plot and Markdown summary
+    cache_dir: str | None = None  # results cache; None disables it
+    target_drop: str | None = None  # e.g. "1" (absolute) or "1%" (relative); overrides budget
+    evaluator: Evaluator | None = None  # scores candidate models for target_drop
+    eval_data: str | None = None  # inputs + labels for built-in top-1 accuracy
+    measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
 
     def validate(self) -> None:
         if self.metric not in METRICS:
             raise ConfigError(f"unknown --metric {self.metric!r}; use one of {', '.join(METRICS)}")
-        if not 0 < self.budget <= 1:
+        if self.target_drop is None and (self.budget is None or not 0 < self.budget <= 1):
             raise ConfigError(f"--budget must be in (0, 1], a fraction of the baseline cost; got {self.budget}")
+        if self.target_drop is not None:
+            TargetDrop.parse(self.target_drop)
+        if self.evaluator is not None and self.eval_data is not None:
+            raise ConfigError("give either --eval or --eval-data, not both")
         if not self.candidates:
             raise ConfigError("no candidates given")
 
@@ -63,78 +82,30 @@ class OptimizeResult:
     record: dict
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
+@dataclasses.dataclass
+class Analysis:
+    """Everything up to Phase 1: the prepared model, its quantizers and their sensitivities."""
 
-    def __call__(self, stage: str):
-        timer = self
+    model: onnx.ModelProto
+    data: CalibrationSet
+    heldout: CalibrationSet | None
+    plan: QuantPlan
+    calibration: Calibration
+    params: QuantParams
+    simulator: Simulator
+    base_nsr: float
+    sensitivities: list[Sensitivity]
+    cache: ResultsCache
+    cache_hit: bool
+    timings: dict[str, float]
 
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-                logger.info("%s ...", stage)
 
-            def __exit__(self, *exc):
-                timer.times[stage] = round(time.perf_counter() - self.start, 3)
-
-        return _Span()
-
-
-def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = OptimizeConfig(),
-             progress: Progress | None = None) -> OptimizeResult:
-    """Quantize ``input_path`` to a mixed-precision QDQ model within ``config.budget``.
-
-    Writes ``output_path`` (and ``config.report``) atomically when given; returns the model and
-    the JSON record either way.
-    """
-    config.validate()
-    for path in (output_path, config.report):
-        if path:
-            check_writable(path, input_path)
-    timer = _Timer()
-    with timer("load"):
-        original = load_model(input_path)
-        model = prepare_model(original)
-        data = resolve_calibration(config.calib, input_path, model)
-        plan = find_quantizers(model)
-    logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
-                len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
-    with timer("calibrate"):
-        calibration = calibrate(model, plan, data)
-        reference = run_over(make_session(model), data, output_names(model))
-        params = QuantParams(model, plan, calibration)
-        simulator = Simulator(model, plan, params, data, reference)
-        ranges = select_ranges(simulator, params, plan.groups, config.candidates, _stage_progress(progress, "ranges"))
-        logger.info("activation ranges below 16 bits: %s", ranges)
-    with timer("phase1"):
-        base_nsr, sensitivities = sensitivity_list(simulator, plan.groups, config.candidates,
-                                                   _stage_progress(progress, "phase 1"))
-    with timer("phase2"):
-        sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-        costs = CostModel.build(plan, calibration, sizes)
-        table = {(s.gid, s.candidate): s.nsr for s in sensitivities}
-        group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
-        curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, base_nsr, group_cost)
-        choice = choose_for_budget(curve, config.budget, table, group_cost)
-        measured = _measure_curve(simulator, curve, config.measured_points)
-        chosen_nsr = simulator.nsr(choice.assignment)
-        uniform = {str(c): _uniform_point(simulator, costs, plan, c, config.metric) for c in config.candidates}
-    with timer("export"):
-        qdq = export_qdq(model, plan, params, choice.assignment)
-        shipped = _measure_exported(qdq, data, reference)
-    record = build_record(
-        input_path=input_path, config=config, plan=plan, calibration=calibration, costs=costs,
-        sensitivities=sensitivities, base_nsr=base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr,
-        measured=measured,
-        uniform=uniform, shipped=shipped, timings=timer.times, num_samples=data.num_samples,
-        evaluations=simulator.evaluations,
-    )
-    if output_path:
-        save_model(qdq, output_path)
-    if config.report:
-        save_json(record, config.report)
-    return OptimizeResult(qdq, record)
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    logger.info("%s ...", stage)
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 3)
 
 
 def _stage_progress(progress: Progress | None, stage: str):
@@ -142,19 +113,191 @@ def _stage_progress(progress: Progress | None, stage: str):
     return (lambda done, total, detail: progress(stage, done, total, detail)) if progress else None
 
 
-def _measure_curve(simulator: Simulator, curve, count: int) -> dict[int, float]:
+def _split_heldout(data: CalibrationSet, config: OptimizeConfig) -> tuple[CalibrationSet, CalibrationSet | None]:
+    """Hold back a quarter of the samples when the default evaluator will score a target."""
+    if config.target_drop is None or config.evaluator is not None or config.eval_data is not None:
+        return data, None
+    n = data.num_samples
+    held = max(1, int(round(n * HELD_BACK_FRACTION)))
+    if n - held < 1:
+        raise ConfigError("--target-drop without --eval needs at least 2 calibration samples (some are held back)")
+    order = np.arange(n)
+    return data.subset(order[: n - held]), data.subset(order[n - held:])
+
+
+def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress: Progress | None = None) -> Analysis:
+    """Load, prepare, calibrate and run Phase 1 (or reuse them from the cache)."""
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        model = prepare_model(load_model(input_path))
+        data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
+        plan = find_quantizers(model)
+    logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
+                len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
+    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__}
+    cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
+    cached = cache.load_json("phase1.json")
+    arrays = cache.load_arrays("calibration.npz")
+    hit = cached is not None and arrays is not None and cached.get("groups") == len(plan.groups)
+    with _timed(timings, "calibrate"):
+        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if hit else calibrate(model, plan, data)
+        reference = run_over(make_session(model), data, output_names(model))
+        params = QuantParams(model, plan, calibration)
+        simulator = Simulator(model, plan, params, data, reference)
+        if hit:
+            params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})
+        else:
+            counts = select_ranges(simulator, params, plan.groups, config.candidates,
+                                   _stage_progress(progress, "ranges"))
+            logger.info("activation ranges below 16 bits: %s", counts)
+    with _timed(timings, "phase1"):
+        if hit:
+            base_nsr = cached["base_nsr"]
+            sensitivities = [Sensitivity(gid, Candidate.parse(c), nsr, ev) for gid, c, nsr, ev in cached["sensitivity"]]
+            logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
+        else:
+            base_nsr, sensitivities = sensitivity_list(simulator, plan.groups, config.candidates,
+                                                       _stage_progress(progress, "phase 1"))
+            _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
+    return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
+                    cache, hit, timings)
+
+
+def _store_phase1(cache: ResultsCache, plan, calibration, params, base_nsr, sensitivities) -> None:
+    arrays, meta = calibration.to_arrays()
+    cache.save_arrays("calibration.npz", arrays)
+    cache.save_json("phase1.json", {
+        "groups": len(plan.groups),
+        "calibration": meta,
+        "range_method": [[n, b, m] for (n, b), m in sorted(params.range_method.items())],
+        "base_nsr": base_nsr,
+        "sensitivity": [[s.gid, str(s.candidate), s.nsr, s.evaluated] for s in sensitivities],
+    })
+
+
+def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = OptimizeConfig(),
+             progress: Progress | None = None) -> OptimizeResult:
+    """Quantize ``input_path`` to a mixed-precision QDQ model within ``config.budget`` (or the
+    cheapest one within ``config.target_drop`` of the baseline score).
+
+    Writes ``output_path`` and the reports atomically when given; returns the model and the JSON
+    record either way.
+    """
+    config.validate()
+    for path in (output_path, config.report):
+        if path:
+            check_writable(path, input_path)
+    analysis = analyze(input_path, config, progress)
+    timings, simulator, plan = analysis.timings, analysis.simulator, analysis.plan
+    with _timed(timings, "phase2"):
+        sizes = {t.name: int(np.prod(t.dims)) for t in analysis.model.graph.initializer}
+        costs = CostModel.build(plan, analysis.calibration, sizes)
+        table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
+        group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
+        curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost)
+        measured = _measure_curve(simulator, curve, config.measured_points)
+        uniform = {str(c): _uniform_point(simulator, costs, plan, c, config.metric) for c in config.candidates}
+    target_record = None
+    if config.target_drop is not None:
+        with _timed(timings, "target search"):
+            choice, target_record = _search_target(analysis, curve, table, group_cost, config, progress)
+    else:
+        choice = choose_for_budget(curve, config.budget, table, group_cost)
+    with _timed(timings, "export"):
+        chosen_nsr = simulator.nsr(choice.assignment)
+        qdq = _export(analysis, choice.assignment)
+        shipped = _measure_exported(qdq, analysis.data, simulator.reference)
+    record = build_record(
+        input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
+        base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
+        uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
+        evaluations=simulator.evaluations, target=target_record,
+        cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
+    )
+    if output_path:
+        save_model(qdq, output_path)
+    if config.report:
+        save_json(record, config.report)
+    if config.report_dir:
+        write_report_dir(record, config.report_dir)
+    return OptimizeResult(qdq, record)
+
+
+def _export(analysis: Analysis, assignment: Assignment) -> onnx.ModelProto:
+    return export_qdq(analysis.model, analysis.plan, analysis.params, assignment)
+
+
+def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, config: OptimizeConfig,
+                   progress: Progress | None) -> tuple[Choice, dict]:
+    """Find the cheapest curve point whose measured score is within the target drop.
+
+    Each probe exports the point's real QDQ model and scores it; scores are stored in the cache
+    as they come, so a failing evaluator loses nothing and a rerun resumes.
+    """
+    evaluator = _make_evaluator(analysis, config)
+    drop = TargetDrop.parse(config.target_drop)
+    key = f"scores-{_slug(evaluator.source)}.json"
+    stored = analysis.cache.load_json(key) or {}
+    scores: dict[int, float] = {int(k): v for k, v in stored.items()}
+    fresh: list[int] = []
+
+    def score_at(index: int) -> float:
+        if index not in scores:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, f"point{index}.onnx")
+                onnx.save(_export(analysis, curve.assignment_at(index)), path)
+                scores[index] = call_evaluator(evaluator, path)
+            fresh.append(index)
+            analysis.cache.save_json(key, {str(k): v for k, v in scores.items()})
+            if progress:
+                progress("target", len(fresh), len(fresh), f"point {index}: {scores[index]:.4g}")
+            logger.info("curve point %d (cost %.3f): %s = %.4f", index, curve.points[index].relative_cost,
+                        evaluator.metric, scores[index])
+        return scores[index]
+
+    baseline = score_at(0)
+    threshold = drop.threshold(baseline)
+    estimate = [-p.est_nsr for p in curve.points]
+    result = interpolation_search(len(curve.points), score_at, threshold, estimate, {0: baseline})
+    point = curve.points[result.index]
+    choice = Choice(curve.assignment_at(result.index), point.cost, point.relative_cost, point.est_nsr,
+                    result.index, False)
+    record = {
+        "target_drop": str(drop), "metric": evaluator.metric, "evaluator": evaluator.source,
+        "baseline_score": baseline, "threshold": threshold, "chosen_index": result.index,
+        "chosen_score": scores[result.index], "evaluations": len(result.scores),
+        "new_evaluations": len(fresh),
+        "evaluated_points": [{"index": i, "relative_cost": curve.points[i].relative_cost, "score": s}
+                             for i, s in sorted(result.scores.items())],
+    }
+    return choice, record
+
+
+def _make_evaluator(analysis: Analysis, config: OptimizeConfig) -> Evaluator:
+    if config.evaluator is not None:
+        return config.evaluator
+    if config.eval_data is not None:
+        return labels_evaluator(config.eval_data, analysis.model)
+    return agreement_evaluator(analysis.model, analysis.heldout)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text)[:60]
+
+
+def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict[int, float]:
     """Simulated NSR at up to ``count`` points spread evenly along the curve (ends included)."""
     spread = np.linspace(0, len(curve.points) - 1, num=min(count, len(curve.points)))
     return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({int(round(i)) for i in spread})}
 
 
-def _uniform_point(simulator: Simulator, costs: CostModel, plan, cand: Candidate, metric: str) -> dict:
+def _uniform_point(simulator: Simulator, costs: CostModel, plan: QuantPlan, cand: Candidate, metric: str) -> dict:
     """Cost and simulated SQNR with every group at one candidate (the uniform baselines)."""
     assignment = {g.gid: cand for g in plan.groups}
     return {"cost": costs.total(assignment, metric), "sqnr_db": quant.nsr_to_db(simulator.nsr(assignment))}
 
 
-def _measure_exported(qdq: onnx.ModelProto, data, reference: list[np.ndarray]) -> dict:
+def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, reference: list[np.ndarray]) -> dict:
     """Check the exported model and measure its SQNR as stock onnxruntime runs it."""
     try:
         onnx.checker.check_model(qdq, full_check=True)

@@ -20,12 +20,12 @@ def _fails(capsys, argv, message):
 
 
 def _args(model, out, *extra):
-    return ["optimize", str(model), str(out), "-q", *extra]
+    return ["optimize", str(model), str(out), "-q", "--no-cache", *extra]
 
 
 def test_cli_runs_and_reports(cnn_path, tmp_path, capsys):
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
-    assert main(["optimize", str(cnn_path), str(out), "--report", str(report)]) == 0
+    assert main(["optimize", str(cnn_path), str(out), "--report", str(report), "--no-cache"]) == 0
     printed = capsys.readouterr().out
     assert "wrote" in printed and "uniform W8A8" in printed
     record = json.loads(report.read_text())
