@@ -35,6 +35,7 @@ _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 _MAX_RANK = 128  # eigen-directions kept of a wide layer's Gram matrix
 _POWER_ITERATIONS = 3  # subspace iterations of the randomized eigen-solver
 _TINY = 1e-30
+_RECON_SCALE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,12 +266,13 @@ def _top_eigen(g: np.ndarray, rank: int, seed: int) -> tuple[np.ndarray, np.ndar
     return values[:, ::-1][:, :rank], (basis @ vectors)[:, :, ::-1][:, :, :rank]
 
 
-def gram_operator(grams: Sequence[np.ndarray], max_rank: int = _MAX_RANK, seed: int = 0) -> GramOperator:
+def gram_operator(grams: Sequence[np.ndarray], max_rank: int | None = None, seed: int = 0) -> GramOperator:
     """The Gram matrices normalised to unit trace (so ``reg_weight`` means the same on every
     layer), kept dense when small and as top eigen-directions plus a flat tail when wide."""
+    max_rank = _MAX_RANK if max_rank is None else max_rank
     stack = np.stack([np.asarray(g, np.float64) for g in grams])
     trace = np.trace(stack, axis1=1, axis2=2)[:, None, None]
-    stack = stack / np.maximum(trace, _TINY)
+    stack = stack * (_RECON_SCALE / np.maximum(trace, _TINY))
     k = stack.shape[-1]
     if k <= 2 * max_rank:
         return GramOperator(stack, None, None, np.zeros((len(stack), 1, 1)))

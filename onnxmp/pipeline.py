@@ -37,7 +37,7 @@ from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.sensitivity import Sensitivity, sensitivity_list
 from onnxmp.session import make_session, output_names, run_over
 from onnxmp.simulate import Assignment, Simulator
-from onnxmp.target import TargetDrop, interpolation_search
+from onnxmp.target import TargetDrop, binary_search, interpolation_search
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class OptimizeConfig:
     evaluator: Evaluator | None = None  # scores candidate models for target_drop
     eval_data: str | None = None  # inputs + labels for built-in top-1 accuracy
     measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
+    compare_binary_search: bool = False  # also run plain binary search on the same curve (benchmarks)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -259,6 +260,9 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
     threshold = drop.threshold(baseline)
     estimate = [-p.est_nsr for p in curve.points]
     result = interpolation_search(len(curve.points), score_at, threshold, estimate, {0: baseline})
+    plain = None
+    if config.compare_binary_search:
+        plain = binary_search(len(curve.points), score_at, threshold, {0: baseline})
     point = curve.points[result.index]
     choice = Choice(curve.assignment_at(result.index), point.cost, point.relative_cost, point.est_nsr,
                     result.index, False)
@@ -267,6 +271,8 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
         "baseline_score": baseline, "threshold": threshold, "chosen_index": result.index,
         "chosen_score": scores[result.index], "evaluations": len(result.scores),
         "new_evaluations": len(fresh),
+        "binary_search_evaluations": None if plain is None else len(plain.scores),
+        "binary_search_index": None if plain is None else plain.index,
         "evaluated_points": [{"index": i, "relative_cost": curve.points[i].relative_cost, "score": s}
                              for i, s in sorted(result.scores.items())],
     }

@@ -1,0 +1,63 @@
+"""Shared by the benchmark scripts: the models to run on, and Markdown output."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "models"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+    """A real model with calibration data and a task score (higher is better)."""
+
+    name: str
+    model: str
+    calib: str
+    metric: str
+    evaluate: Callable[[str], float]
+
+
+def _digits_top1(path: str) -> float:
+    test = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": test["input"]})[0]
+    return float(100.0 * (logits.argmax(1) == test["labels"]).mean())
+
+
+def bench_models(names: list[str] | None = None) -> list[BenchModel]:
+    """The shipped digits CNN plus every zoo model already prepared (python models/prepare.py)."""
+    models = [BenchModel("digits", os.path.join(ROOT, "models", "digits", "digits_cnn.onnx"),
+                         os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %", _digits_top1)]
+    try:
+        import zoo
+    except ImportError:
+        zoo = None
+    if zoo is not None:
+        for name, spec in zoo.MODELS.items():
+            paths = zoo.paths(name)
+            if os.path.isfile(paths["model"]) and os.path.isfile(paths["calib"]):
+                models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
+                                         lambda p, n=name: zoo.evaluate(n, p)))
+    if names:
+        models = [m for m in models if m.name in names]
+    return models
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def write_result(name: str, text: str) -> None:
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", name), "w", encoding="utf-8") as handle:
+        handle.write(text)
