@@ -17,7 +17,7 @@ import onnx
 from onnxmp import quant
 from onnxmp.data import CalibrationSet
 from onnxmp.groups import QuantPlan
-from onnxmp.session import make_session
+from onnxmp.session import make_session, with_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +71,11 @@ class Calibration:
         return cls(stats, {k: int(v) for k, v in meta["macs"].items()})
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the given intermediate tensors."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in present:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return copy
-
-
 def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[str]):
     """Yield (batch size, {tensor: array}) per run for the given tensors (inputs read from data)."""
     graph_inputs = set(data.arrays)
     produced = [n for n in names if n not in graph_inputs]
-    session = make_session(_with_outputs(model, produced), optimized=False)
+    session = make_session(with_outputs(model, produced), optimized=False)
     for feeds in data.feeds():
         values = dict(zip(produced, session.run(produced, feeds), strict=True))
         values.update({n: feeds[n] for n in names if n in graph_inputs})
@@ -150,7 +139,10 @@ def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[
         best = simulator.nsr(assignment)
         for i, name in enumerate(names, 1):
             params.range_method[(name, bits)] = "mse"
-            trial = simulator.nsr(assignment)
+            if _nearly_same_range(params, name, bits):
+                trial = best  # no evaluation needed: the two ranges practically agree
+            else:
+                trial = simulator.nsr(assignment)
             if trial < best:
                 best = trial
             else:
@@ -159,3 +151,13 @@ def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[
             if progress:
                 progress(step * len(names) + i, total, f"{name} A{bits}")
     return counts
+
+
+def _nearly_same_range(params, name: str, bits: int, tolerance: float = 0.02) -> bool:
+    """True when the MSE clip changes the min/max range by less than ``tolerance`` of its width."""
+    s_mm, z_mm = params.activation(name, bits, "minmax")
+    s_mse, z_mse = params.activation(name, bits, "mse")
+    width = float(s_mm) * (2**bits - 1)
+    lo_mm, lo_mse = -z_mm * float(s_mm), -z_mse * float(s_mse)
+    hi_mm, hi_mse = lo_mm + width, lo_mse + float(s_mse) * (2**bits - 1)
+    return abs(lo_mm - lo_mse) + abs(hi_mm - hi_mse) < tolerance * max(width, 1e-12)

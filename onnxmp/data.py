@@ -75,7 +75,9 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         if value.name in inits:
             continue
         tensor_type = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        # Some exporters write -1 (or 0) for a dynamic dimension instead of a dim_param.
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         specs.append(InputSpec(value.name, dtype, dims))
     return specs

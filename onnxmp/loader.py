@@ -22,7 +22,7 @@ from onnxmp.graph import subgraph_reads
 logger = logging.getLogger(__name__)
 
 TARGET_OPSET = 21
-MIN_OPSET = 13
+MIN_OPSET = 7  # older models are converted to opset 21 by onnx's version converter
 _QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
     "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "MatMulNBits", "QGemm",
@@ -79,20 +79,22 @@ def check_float_model(model: onnx.ModelProto, path: str = "model") -> None:
 
 
 def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a prepared copy: constants as initializers, BN folded, opset 21, shapes inferred."""
+    """Return a prepared copy: opset 21, constants as initializers, BN folded, shapes inferred."""
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
+    prepared = upgrade_opset(prepared)
     constants_to_initializers(prepared.graph)
+    name_nodes(prepared.graph)
     folded = fold_batchnorm(prepared.graph)
     if folded:
         logger.info("folded %d BatchNormalization node(s) into Conv", folded)
-    prepared = upgrade_opset(prepared)
     return infer_shapes(prepared)
 
 
 def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     """Convert to opset 21 so INT4 weights and UINT16 activations can be expressed."""
     if default_opset(model) < TARGET_OPSET:
+        logger.info("converting the model from opset %d to %d", default_opset(model), TARGET_OPSET)
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
         except Exception as exc:
@@ -127,6 +129,19 @@ def constants_to_initializers(graph: onnx.GraphProto) -> None:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """In place: give unnamed (or duplicate-named) nodes a unique name, ``<op_type>_<index>``,
+    since groups, reports and caches refer to nodes by name. Existing unique names are kept."""
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            base = node.name or node.op_type
+            node.name = f"{base}_{index}"
+            while node.name in seen:
+                node.name += "_"
+        seen.add(node.name)
 
 
 def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:

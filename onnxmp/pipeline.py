@@ -35,7 +35,7 @@ from onnxmp.params import QuantParams
 from onnxmp.report import build_record, write_report_dir
 from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.sensitivity import Sensitivity, sensitivity_list
-from onnxmp.session import make_session, output_names, run_over
+from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
 from onnxmp.simulate import Assignment, Simulator
 from onnxmp.target import TargetDrop, binary_search, interpolation_search
 
@@ -142,7 +142,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     hit = cached is not None and arrays is not None and cached.get("groups") == len(plan.groups)
     with _timed(timings, "calibrate"):
         calibration = Calibration.from_arrays(arrays, cached["calibration"]) if hit else calibrate(model, plan, data)
-        reference = run_over(make_session(model), data, output_names(model))
+        observed = observed_tensors(model)
+        reference = run_over(make_session(with_outputs(model, observed)), data, observed)
         params = QuantParams(model, plan, calibration)
         simulator = Simulator(model, plan, params, data, reference)
         if hit:
@@ -202,12 +203,13 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     if config.target_drop is not None:
         with _timed(timings, "target search"):
             choice, target_record = _search_target(analysis, curve, table, group_cost, config, progress)
-    else:
-        choice = choose_for_budget(curve, config.budget, table, group_cost)
-    with _timed(timings, "export"):
         chosen_nsr = simulator.nsr(choice.assignment)
+    else:
+        greedy = choose_for_budget(curve, config.budget, table, group_cost)
+        choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, plan, config, group_cost)
+    with _timed(timings, "export"):
         qdq = _export(analysis, choice.assignment)
-        shipped = _measure_exported(qdq, analysis.data, simulator.reference)
+        shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
     record = build_record(
         input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
@@ -222,6 +224,25 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     if config.report_dir:
         write_report_dir(record, config.report_dir)
     return OptimizeResult(qdq, record)
+
+
+def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice, measured: dict[int, float],
+                        uniform: dict[str, dict], plan: QuantPlan, config: OptimizeConfig, group_cost
+                        ) -> tuple[Choice, float]:
+    """The budget choice, unless a measured curve point or uniform assignment within the budget
+    measured better: Phase 1's additive-noise estimate can be wrong where noises interact, and
+    what was measured wins over what was estimated."""
+    baseline_cost = curve.points[0].cost or 1.0
+    best = (simulator.nsr(choice.assignment), choice)
+    options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
+    options += [(uniform[str(c)]["nsr"], {g.gid: c for g in plan.groups}, -1) for c in config.candidates]
+    for nsr, assignment, index in options:
+        cost = sum(group_cost(g, c) for g, c in assignment.items())
+        if cost <= config.budget * baseline_cost * (1 + 1e-9) and nsr < best[0]:
+            logger.info("a measured %s point within budget beats the estimate's choice: %.2f dB vs %.2f dB",
+                        "curve" if index >= 0 else "uniform", quant.nsr_to_db(nsr), quant.nsr_to_db(best[0]))
+            best = (nsr, Choice(assignment, cost, cost / baseline_cost, nsr, index, True))
+    return best[1], best[0]
 
 
 def _export(analysis: Analysis, assignment: Assignment) -> onnx.ModelProto:
@@ -300,18 +321,21 @@ def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict
 def _uniform_point(simulator: Simulator, costs: CostModel, plan: QuantPlan, cand: Candidate, metric: str) -> dict:
     """Cost and simulated SQNR with every group at one candidate (the uniform baselines)."""
     assignment = {g.gid: cand for g in plan.groups}
-    return {"cost": costs.total(assignment, metric), "sqnr_db": quant.nsr_to_db(simulator.nsr(assignment))}
+    nsr = simulator.nsr(assignment)
+    return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": quant.nsr_to_db(nsr)}
 
 
-def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, reference: list[np.ndarray]) -> dict:
-    """Check the exported model and measure its SQNR as stock onnxruntime runs it."""
+def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[str],
+                      reference: list[np.ndarray]) -> dict:
+    """Check the exported model and measure its SQNR as stock onnxruntime runs it, on the same
+    tensors (names are kept by the export) as the simulation."""
     try:
         onnx.checker.check_model(qdq, full_check=True)
     except Exception as exc:  # a bug, not a user error: keep the message precise
         raise ModelError(f"internal error: the exported model fails onnx.checker: {exc}") from exc
-    names = output_names(qdq)
-    default = run_over(make_session(qdq), data, names)
-    precise = run_over(make_session(qdq, extra_config=PRECISE_SESSION_CONFIG), data, names)
+    probe = with_outputs(qdq, names)
+    default = run_over(make_session(probe), data, names)
+    precise = run_over(make_session(probe, extra_config=PRECISE_SESSION_CONFIG), data, names)
     return {
         "sqnr_db_ort_default": quant.sqnr_db(reference, default),
         "sqnr_db_ort_precise": quant.sqnr_db(reference, precise),

@@ -50,8 +50,9 @@ class ParetoCurve:
 def group_ladder(gid: int, candidates: tuple[Candidate, ...], nsr: dict[tuple[int, Candidate], float],
                  cost: CostFn) -> list[Candidate]:
     """The group's candidates from most to least expensive, each strictly cheaper than the one
-    before and, among equal-cost candidates, the most accurate."""
-    ordered = sorted(candidates, key=lambda c: (-cost(gid, c), nsr[(gid, c)], -c.w_bits, -c.a_bits))
+    before and, among equal-cost candidates, the one with the most bits (a measured difference
+    between equal-cost candidates of a weightless group is interaction noise, not precision)."""
+    ordered = sorted(candidates, key=lambda c: (-cost(gid, c), -c.w_bits, -c.a_bits, nsr[(gid, c)]))
     ladder: list[Candidate] = []
     for cand in ordered:
         if not ladder or cost(gid, cand) < cost(gid, ladder[-1]):
@@ -64,8 +65,10 @@ def pareto_curve(gids: list[int], candidates: tuple[Candidate, ...], nsr: dict[t
     """The greedy curve from all-highest down to the cheapest reachable assignment.
 
     ``cost(gid, cand)`` is the group's cost at a candidate; ``nsr[(gid, cand)]`` its Phase 1
-    noise-to-signal ratio.
+    noise-to-signal ratio. A measurement below the baseline (a lower bit-width that happened to
+    cancel other noise) counts as adding no noise, so the estimate never improves by quantizing.
     """
+    nsr = {key: max(value, base_nsr) for key, value in nsr.items()}
     ladders = {g: group_ladder(g, candidates, nsr, cost) for g in gids}
     position = {g: 0 for g in gids}
     start = {g: ladders[g][0] for g in gids}

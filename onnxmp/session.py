@@ -46,3 +46,34 @@ def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: 
 
 def output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
+
+
+# Output activations whose inputs are measured instead: they squash differences (a saturated
+# softmax hides a wrong logit), which makes SQNR of their outputs a poor, noisy sensitivity signal.
+_SQUASHING_OUTPUT_OPS = {"Softmax", "LogSoftmax", "Sigmoid"}
+_SHAPE_ONLY_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def observed_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors SQNR is measured on: the graph outputs, except that an output made by a
+    Softmax / LogSoftmax / Sigmoid (possibly followed by reshapes) is measured at that op's input,
+    the logits."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    observed = []
+    for name in output_names(model):
+        source, node = name, producers.get(name)
+        while node is not None and node.op_type in _SHAPE_ONLY_OPS:
+            source, node = node.input[0], producers.get(node.input[0])
+        observed.append(node.input[0] if node is not None and node.op_type in _SQUASHING_OUTPUT_OPS else name)
+    return list(dict.fromkeys(observed))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the given float tensors."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in present:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy

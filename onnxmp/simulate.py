@@ -21,7 +21,7 @@ from onnxmp.candidates import Candidate
 from onnxmp.data import CalibrationSet
 from onnxmp.groups import QuantPlan
 from onnxmp.params import QuantParams
-from onnxmp.session import make_session, output_names, run_over
+from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
 
 Assignment = Mapping[int, Candidate]
 _SUFFIXES = ("scale", "zp", "qmin", "qmax")
@@ -86,13 +86,14 @@ class Simulator:
 
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
                  data: CalibrationSet, reference: list[np.ndarray]) -> None:
+        """``reference``: the float model's values of ``observed_tensors(model)`` on ``data``."""
         self.plan = plan
         self.params = params
         self.data = data
         self.reference = reference
         self._graph_inputs = set(data.arrays)
-        self._session = make_session(build_simulation_model(model, plan))
-        self._outputs = output_names(model)
+        self.observed = observed_tensors(model)
+        self._session = make_session(with_outputs(build_simulation_model(model, plan), self.observed))
         self._act_group = plan.group_of_activation()
         self._weight_group = plan.group_of_weight()
         self._cache: dict[tuple, np.ndarray] = {}
@@ -122,8 +123,9 @@ class Simulator:
             cand = assignment[self._weight_group[op.weight]]
             feeds[op.weight] = self._cached(("w", op.weight, cand.w_bits),
                                             lambda o=op, c=cand: self.params.weight(o, c.w_bits).dequantized())
-            if op.bias:
-                feeds[op.bias] = self._cached(("b", op.node, cand), lambda o=op, c=cand: self._bias_value(o, c))
+            if op.bias:  # the int32 bias scale follows the input activation's scale, hence its range method
+                method = self.params.range_method.get((op.activation, cand.a_bits))
+                feeds[op.bias] = self._cached(("b", op.node, cand, method), lambda o=op, c=cand: self._bias_value(o, c))
         return feeds
 
     def _bias_value(self, op, cand: Candidate) -> np.ndarray:
@@ -136,8 +138,8 @@ class Simulator:
         feeds = self.feeds_for(assignment)
         if overrides:
             feeds = {**feeds, **overrides}
-        return run_over(self._session, self.data, self._outputs, feeds)
+        return run_over(self._session, self.data, self.observed, feeds)
 
     def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
-        """Noise-to-signal ratio of the model outputs against the float reference."""
+        """Noise-to-signal ratio of the observed outputs against the float reference."""
         return quant.noise_ratio(self.reference, self.outputs(assignment, overrides))
