@@ -30,6 +30,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                                    "default: calib.npz beside the model, else random inputs (warned)")
     p.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                    help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES})")
+    ada = p.add_mutually_exclusive_group()
+    ada.add_argument("--adaround", dest="adaround", action="store_const", const="on",
+                     help="AdaRound every weight bit-width below 16 (default: only below 8)")
+    ada.add_argument("--no-adaround", dest="adaround", action="store_const", const="off",
+                     help="round weights to nearest only")
+    p.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer (default 1000)")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -117,7 +123,8 @@ def _sensitivity_table(analysis, top: int) -> str:
 
 def _config(args: argparse.Namespace) -> OptimizeConfig:
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    common = {"candidates": parse_candidates(args.candidates), "calib": args.calib, "cache_dir": cache}
+    common = {"candidates": parse_candidates(args.candidates), "calib": args.calib, "cache_dir": cache,
+              "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters}
     if args.command == "analyze":
         return OptimizeConfig(**common)
     evaluator = load_user_evaluator(args.eval_spec) if args.eval_spec else None

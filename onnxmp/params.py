@@ -3,7 +3,7 @@
 Computed lazily and cached: activation (scale, zero point) from the calibration statistics,
 per-channel weight scales and integer weights, and int32 biases (scale = input scale × weight
 scale, as integer kernels expect). The simulation and the export read the same values, so what
-was measured is what ships. AdaRound (a later stage) plugs in by replacing ``weight_rounding``.
+was measured is what ships. AdaRound plugs in through ``set_rounded``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class QuantParams:
         self._ops = {op.node: op for op in plan.weighted_ops}
         self._weights: dict[tuple[str, int], QuantizedWeight] = {}
         self._floats: dict[str, np.ndarray] = {}
-        self.weight_rounding = round_to_nearest
+        self._rounded: dict[tuple[str, int], np.ndarray] = {}  # AdaRounded integers, by (weight, bits)
         self.range_method: dict[tuple[str, int], str] = {}  # (tensor, bits) -> method; default "mse"
 
     def float_weight(self, name: str) -> np.ndarray:
@@ -76,9 +76,16 @@ class QuantParams:
         if key not in self._weights:
             w = self.float_weight(op.weight)
             scale = quant.weight_scales(w, op.axis, bits)
-            q = self.weight_rounding(w, scale, op.axis, bits)
+            q = self._rounded.get(key)
+            if q is None:
+                q = round_to_nearest(w, scale, op.axis, bits)
             self._weights[key] = QuantizedWeight(q, scale, op.axis, bits)
         return self._weights[key]
+
+    def set_rounded(self, weight: str, bits: int, q: np.ndarray) -> None:
+        """Use these integers (e.g. from AdaRound, on the same scales) for ``weight`` at ``bits``."""
+        self._rounded[(weight, bits)] = np.asarray(q, dtype=np.int32)
+        self._weights.pop((weight, bits), None)
 
     def bias(self, op: WeightedOp, w_bits: int, a_bits: int) -> QuantizedBias | None:
         """The int32 bias of ``op``, or None when it would overflow int32 (then it stays float)."""

@@ -20,6 +20,7 @@ import onnx
 
 import onnxmp
 from onnxmp import quant
+from onnxmp.adaround import AdaRoundConfig
 from onnxmp.cache import ResultsCache, cache_key
 from onnxmp.calibrate import Calibration, calibrate, select_ranges
 from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
@@ -33,6 +34,7 @@ from onnxmp.groups import QuantPlan, find_quantizers
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.params import QuantParams
 from onnxmp.report import build_record, write_report_dir
+from onnxmp.rounding import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.sensitivity import Sensitivity, sensitivity_list
 from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
@@ -61,6 +63,8 @@ class OptimizeConfig:
     target_drop: str | None = None  # e.g. "1" (absolute) or "1%" (relative); overrides budget
     evaluator: Evaluator | None = None  # scores candidate models for target_drop
     eval_data: str | None = None  # inputs + labels for built-in top-1 accuracy
+    adaround: str = "auto"  # "auto": AdaRound weights below 8 bits; "on": below 16; "off"
+    adaround_iterations: int = 1000
     measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
     compare_binary_search: bool = False  # also run plain binary search on the same curve (benchmarks)
 
@@ -75,6 +79,9 @@ class OptimizeConfig:
             raise ConfigError("give either --eval or --eval-data, not both")
         if not self.candidates:
             raise ConfigError("no candidates given")
+        adaround_bits(self.candidates, self.adaround)
+        if self.adaround_iterations < 1:
+            raise ConfigError(f"--adaround-iters must be at least 1, got {self.adaround_iterations}")
 
 
 @dataclasses.dataclass
@@ -99,6 +106,7 @@ class Analysis:
     cache: ResultsCache
     cache_hit: bool
     timings: dict[str, float]
+    rounding: RoundingReport | None
 
 
 @contextlib.contextmanager
@@ -135,7 +143,9 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         plan = find_quantizers(model)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
-    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__}
+    bits = adaround_bits(config.candidates, config.adaround)
+    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__,
+               "adaround_bits": list(bits), "adaround_iterations": config.adaround_iterations if bits else None}
     cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
     cached = cache.load_json("phase1.json")
     arrays = cache.load_arrays("calibration.npz")
@@ -145,6 +155,13 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         observed = observed_tensors(model)
         reference = run_over(make_session(with_outputs(model, observed)), data, observed)
         params = QuantParams(model, plan, calibration)
+    rounding = None
+    if bits:
+        with _timed(timings, "adaround"):
+            rounding = apply_adaround(model, plan, params, data, bits,
+                                      AdaRoundConfig(iterations=config.adaround_iterations), cache,
+                                      _stage_progress(progress, "adaround"))
+    with _timed(timings, "ranges"):
         simulator = Simulator(model, plan, params, data, reference)
         if hit:
             params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})
@@ -162,7 +179,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
                                                        _stage_progress(progress, "phase 1"))
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
-                    cache, hit, timings)
+                    cache, hit, timings, rounding)
 
 
 def _store_phase1(cache: ResultsCache, plan, calibration, params, base_nsr, sensitivities) -> None:
@@ -216,6 +233,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
         evaluations=simulator.evaluations, target=target_record,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
+        adaround=None if analysis.rounding is None else dataclasses.asdict(analysis.rounding),
     )
     if output_path:
         save_model(qdq, output_path)
