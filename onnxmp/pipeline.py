@@ -233,7 +233,8 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
         evaluations=simulator.evaluations, target=target_record,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
-        adaround=None if analysis.rounding is None else dataclasses.asdict(analysis.rounding),
+        adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
+                                                          "seconds_per_layer": analysis.rounding.seconds_per_layer},
     )
     if output_path:
         save_model(qdq, output_path)
