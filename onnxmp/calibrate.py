@@ -16,6 +16,7 @@ import onnx
 
 from onnxmp import quant
 from onnxmp.data import CalibrationSet
+from onnxmp.errors import ModelError
 from onnxmp.groups import QuantPlan
 from onnxmp.session import make_session, with_outputs
 
@@ -96,6 +97,9 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
         samples += count
         for name in names:
             arr = values[name]
+            if arr.size and not np.isfinite(arr).all():
+                raise ModelError(f"the float model computes NaN or Inf at {name!r} on the calibration data; "
+                                 "check the model and the scale of the data")
             if arr.size:
                 lo[name] = min(lo[name], float(arr.min()))
                 hi[name] = max(hi[name], float(arr.max()))

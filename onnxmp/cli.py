@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 import onnxmp
 from onnxmp import quant
@@ -152,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxmp: interrupted; no output written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in onnxmp, not the user's fault: short, with a way to see more
+        if args.verbose >= 2:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"onnxmp: internal error: {type(exc).__name__}: {first} (rerun with -vv for the traceback, "
+              "and please report it); no output written", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -43,8 +43,8 @@ def load_model(path: str) -> onnx.ModelProto:
         raise ModelError(f"{path}: the model has no nodes (is it really an ONNX model?)")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first_line = str(exc).strip().splitlines()[0]
+    except Exception as exc:  # ValidationError, or decode errors of corrupted strings
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path}: the model is malformed: {first_line}") from exc
     check_float_model(model, path)
     return model
@@ -84,6 +84,7 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
     prepared.CopyFrom(model)
     prepared = upgrade_opset(prepared)
     constants_to_initializers(prepared.graph)
+    check_finite_initializers(prepared.graph)
     name_nodes(prepared.graph)
     folded = fold_batchnorm(prepared.graph)
     if folded:
@@ -129,6 +130,16 @@ def constants_to_initializers(graph: onnx.GraphProto) -> None:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def check_finite_initializers(graph: onnx.GraphProto) -> None:
+    """Refuse float weights holding NaN or Inf: no scale can represent them."""
+    for tensor in graph.initializer:
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            values = numpy_helper.to_array(tensor)
+            if not np.isfinite(values).all():
+                raise ModelError(f"initializer {tensor.name!r} holds NaN or Inf values; the model is corrupted "
+                                 "or was exported wrongly")
 
 
 def name_nodes(graph: onnx.GraphProto) -> None:
