@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from onnxmp.candidates import Candidate, parse_candidates  # noqa: E402
-from onnxmp.errors import OnnxmpError  # noqa: E402
-from onnxmp.pipeline import OptimizeConfig, OptimizeResult, optimize  # noqa: E402
+from onnxmp.candidates import Candidate, parse_candidates
+from onnxmp.errors import OnnxmpError
+from onnxmp.pipeline import OptimizeConfig, OptimizeResult, optimize
 
 __all__ = ["Candidate", "OnnxmpError", "OptimizeConfig", "OptimizeResult", "optimize", "parse_candidates"]

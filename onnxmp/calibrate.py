@@ -117,7 +117,7 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
     for name in set(names) - set(stats):
         logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
         stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
-    macs = {op.node: int(round(out_elems[op.macs_tensor] / max(samples, 1))) * op.reduction
+    macs = {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction
             for op in plan.weighted_ops}
     return Calibration(stats, macs)
 
@@ -143,10 +143,8 @@ def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[
         best = simulator.nsr(assignment)
         for i, name in enumerate(names, 1):
             params.range_method[(name, bits)] = "mse"
-            if _nearly_same_range(params, name, bits):
-                trial = best  # no evaluation needed: the two ranges practically agree
-            else:
-                trial = simulator.nsr(assignment)
+            # No evaluation is needed where the two ranges practically agree.
+            trial = best if _nearly_same_range(params, name, bits) else simulator.nsr(assignment)
             if trial < best:
                 best = trial
             else:

@@ -121,7 +121,8 @@ def _check_array(spec: InputSpec, arr: np.ndarray, source: str) -> tuple[np.ndar
             f"{source}: input {spec.name!r} has shape {arr.shape}, the model wants {_fmt(spec.shape)} "
             "(with samples along the first axis)"
         )
-    for got, want in zip(sample_shape[1:] if batched else sample_shape, spec.shape[1:] if batched else spec.shape):
+    for got, want in zip(sample_shape[1:] if batched else sample_shape, spec.shape[1:] if batched else spec.shape,
+                         strict=True):
         if want is not None and got != want:
             raise CalibrationError(
                 f"{source}: input {spec.name!r} has shape {arr.shape}, the model wants {_fmt(spec.shape)}"

@@ -127,7 +127,7 @@ def _split_heldout(data: CalibrationSet, config: OptimizeConfig) -> tuple[Calibr
     if config.target_drop is None or config.evaluator is not None or config.eval_data is not None:
         return data, None
     n = data.num_samples
-    held = max(1, int(round(n * HELD_BACK_FRACTION)))
+    held = max(1, round(n * HELD_BACK_FRACTION))
     if n - held < 1:
         raise ConfigError("--target-drop without --eval needs at least 2 calibration samples (some are held back)")
     order = np.arange(n)
@@ -334,7 +334,7 @@ def _slug(text: str) -> str:
 def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict[int, float]:
     """Simulated NSR at up to ``count`` points spread evenly along the curve (ends included)."""
     spread = np.linspace(0, len(curve.points) - 1, num=min(count, len(curve.points)))
-    return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({int(round(i)) for i in spread})}
+    return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({round(i) for i in spread})}
 
 
 def _uniform_point(simulator: Simulator, costs: CostModel, plan: QuantPlan, cand: Candidate, metric: str) -> dict:

@@ -92,7 +92,11 @@ def write_report_dir(record: dict, folder: str) -> None:
     save_json(record, os.path.join(folder, "report.json"))
     plotted = plot_pareto(record, os.path.join(folder, "pareto.png"))
     text = summary_markdown(record, "pareto.png" if plotted else None)
-    write_atomic(os.path.join(folder, "summary.md"), lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    write_atomic(os.path.join(folder, "summary.md"), write)
 
 
 def plot_pareto(record: dict, path: str) -> bool:

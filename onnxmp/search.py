@@ -110,7 +110,7 @@ class Choice:
 
 def pick_for_budget(curve: ParetoCurve, budget: float) -> int:
     """Index of the first (most accurate) point whose relative cost is within ``budget``."""
-    if not 0 < budget:
+    if not budget > 0:
         raise ConfigError(f"--budget must be a positive fraction of the baseline cost, got {budget}")
     for index, point in enumerate(curve.points):
         if point.relative_cost <= budget + 1e-9:

@@ -61,9 +61,9 @@ def observed_tensors(model: onnx.ModelProto) -> list[str]:
     producers = {o: n for n in model.graph.node for o in n.output}
     observed = []
     for name in output_names(model):
-        source, node = name, producers.get(name)
+        node = producers.get(name)
         while node is not None and node.op_type in _SHAPE_ONLY_OPS:
-            source, node = node.input[0], producers.get(node.input[0])
+            node = producers.get(node.input[0])
         observed.append(node.input[0] if node is not None and node.op_type in _SQUASHING_OUTPUT_OPS else name)
     return list(dict.fromkeys(observed))
 

@@ -58,8 +58,9 @@ def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     renamed: dict[str, str] = {}  # graph-input activations: readers switch to the quantized copy
     chains: dict[str, list[onnx.NodeProto]] = {}
     for name in plan.activations:
+        target = name + "::fq" if name in graph_inputs else name  # the tensor the chain writes
         for suffix in _SUFFIXES:
-            graph.input.append(helper.make_tensor_value_info(_param_name(name + "::fq" if name in graph_inputs else name, suffix), onnx.TensorProto.FLOAT, []))
+            graph.input.append(helper.make_tensor_value_info(_param_name(target, suffix), onnx.TensorProto.FLOAT, []))
         if name in graph_inputs:
             renamed[name] = name + "::fq"
             chains.setdefault("", []).extend(_fake_quant_nodes(name, name + "::fq"))

@@ -19,7 +19,8 @@ CALIB = os.path.join(ROOT, "models", "digits", "calib.npz")
 
 def _flipped(seed: int) -> bytes:
     rng = random.Random(seed)
-    data = bytearray(open(DIGITS, "rb").read())
+    with open(DIGITS, "rb") as handle:
+        data = bytearray(handle.read())
     for _ in range(rng.choice([1, 5, 50])):
         data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
     return bytes(data)
@@ -45,7 +46,8 @@ def test_bit_flipped_models_give_a_model_or_one_clear_error(tmp_path, capsys, se
 @pytest.mark.parametrize("size", [0, 10, 1000, 100_000])
 def test_truncated_models(tmp_path, capsys, size):
     path = tmp_path / "cut.onnx"
-    path.write_bytes(open(DIGITS, "rb").read()[:size])
+    with open(DIGITS, "rb") as handle:
+        path.write_bytes(handle.read()[:size])
     assert main(["optimize", str(path), str(tmp_path / "o.onnx"), "-q", "--no-cache"]) == 1
     assert "onnxmp: error:" in capsys.readouterr().err
 
