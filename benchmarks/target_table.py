@@ -24,8 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--drops", default="0.5,1,2", help="absolute drops of the task score to target")
+    parser.add_argument("--adaround", default="auto", choices=["auto", "on", "off"])
     args = parser.parse_args()
-    header = ["model", "metric", "float", "target drop", "baseline (all-W8A16)", "threshold", "chosen score",
+    header = ["model", "AdaRound", "metric", "float", "target drop", "baseline (all-W8A16)", "threshold", "chosen score",
               "chosen BOPs", "curve points", "evals interp.", "evals binary", "cold s", "cached s"]
     rows = []
     for bench in bench_models(args.models):
@@ -34,18 +35,19 @@ def main() -> None:
         for drop in args.drops.split(","):
             with tempfile.TemporaryDirectory() as cache:
                 config = OptimizeConfig(calib=bench.calib, cache_dir=cache, target_drop=drop, evaluator=evaluator,
-                                        compare_binary_search=True)
+                                        compare_binary_search=True, adaround=args.adaround)
                 start = time.perf_counter()
                 record = optimize(bench.model, None, config).record
                 cold = time.perf_counter() - start
                 # Cached: Phase 1 and the evaluated points are reused; binary search is not rerun.
                 start = time.perf_counter()
                 cached_record = optimize(bench.model, None, OptimizeConfig(
-                    calib=bench.calib, cache_dir=cache, target_drop=drop, evaluator=evaluator)).record
+                    calib=bench.calib, cache_dir=cache, target_drop=drop, evaluator=evaluator,
+                    adaround=args.adaround)).record
                 cached = time.perf_counter() - start
             t = record["target"]
             assert cached_record["cache"]["hit"] and cached_record["target"]["chosen_index"] == t["chosen_index"]
-            rows.append([bench.name, bench.metric, f"{float_score:.2f}", drop, f"{t['baseline_score']:.2f}",
+            rows.append([bench.name, args.adaround, bench.metric, f"{float_score:.2f}", drop, f"{t['baseline_score']:.2f}",
                          f"{t['threshold']:.2f}", f"{t['chosen_score']:.2f}", f"{record['chosen']['relative_cost']:.3f}",
                          len(record["pareto_curve"]), t["evaluations"], t["binary_search_evaluations"],
                          f"{cold:.1f}", f"{cached:.1f}"])
