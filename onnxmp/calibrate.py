@@ -16,7 +16,6 @@ import onnx
 
 from onnxmp import quant
 from onnxmp.data import CalibrationSet
-from onnxmp.errors import ModelError
 from onnxmp.groups import QuantPlan
 from onnxmp.session import make_session, with_outputs
 
@@ -51,6 +50,7 @@ class Calibration:
 
     stats: dict[str, ActivationStats]
     macs: dict[str, int]  # weighted op node name -> multiply-accumulates per sample
+    non_finite: tuple[str, ...] = ()  # activations holding NaN or Inf on some sample: no stats, stay float
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for the results cache (tensor names can hold any character,
@@ -60,7 +60,7 @@ class Calibration:
         for i, name in enumerate(names):
             st = self.stats[name]
             arrays[f"hist{i}"], arrays[f"edges{i}"] = st.hist, st.edges
-        meta = {"names": names, "macs": self.macs,
+        meta = {"names": names, "macs": self.macs, "non_finite": list(self.non_finite),
                 "scalars": [[self.stats[n].minimum, self.stats[n].maximum, self.stats[n].zeros] for n in names]}
         return arrays, meta
 
@@ -69,44 +69,46 @@ class Calibration:
         stats = {}
         for i, (name, (lo, hi, zeros)) in enumerate(zip(meta["names"], meta["scalars"], strict=True)):
             stats[name] = ActivationStats(lo, hi, arrays[f"hist{i}"], arrays[f"edges{i}"], int(zeros))
-        return cls(stats, {k: int(v) for k, v in meta["macs"].items()})
+        return cls(stats, {k: int(v) for k, v in meta["macs"].items()}, tuple(meta.get("non_finite", ())))
 
 
 def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[str]):
     """Yield (batch size, {tensor: array}) per run for the given tensors (inputs read from data)."""
     graph_inputs = set(data.arrays)
     produced = [n for n in names if n not in graph_inputs]
-    session = make_session(with_outputs(model, produced), optimized=False)
+    session = make_session(with_outputs(model, produced), optimized=False) if produced else None
     for feeds in data.feeds():
-        values = dict(zip(produced, session.run(produced, feeds), strict=True))
+        # no session run without names: onnxruntime would return every graph output instead
+        values = dict(zip(produced, session.run(produced, feeds), strict=True)) if session else {}
         values.update({n: feeds[n] for n in names if n in graph_inputs})
         first = next(iter(feeds.values()))
         yield (len(first) if data.batched else 1), values
 
 
 def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> Calibration:
-    """Collect activation statistics and MACs with two float passes over ``data``."""
+    """Collect activation statistics and MACs with two float passes over ``data``. Activations
+    that hold NaN or Inf (an attention mask of -inf) get no statistics and are listed instead."""
     names = list(plan.activations)
     out_of = {op.node: op.macs_tensor for op in plan.weighted_ops}
     watched = list(dict.fromkeys(names + list(out_of.values())))
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
     out_elems: dict[str, int] = {}
+    non_finite: set[str] = set()
     samples = 0
     for count, values in _observed_values(model, data, watched):
         samples += count
         for name in names:
             arr = values[name]
             if arr.size and not np.isfinite(arr).all():
-                raise ModelError(f"the float model computes NaN or Inf at {name!r} on the calibration data; "
-                                 "check the model and the scale of the data")
-            if arr.size:
+                non_finite.add(name)
+            elif arr.size:
                 lo[name] = min(lo[name], float(arr.min()))
                 hi[name] = max(hi[name], float(arr.max()))
         for out in out_of.values():
             out_elems[out] = out_elems.get(out, 0) + values[out].size
     edges = {n: np.linspace(min(lo[n], 0.0), max(hi[n], 0.0), HIST_BINS + 1) for n in names
-             if np.isfinite(lo[n])}
+             if np.isfinite(lo[n]) and n not in non_finite}
     hists = {n: np.zeros(HIST_BINS, np.int64) for n in edges}
     zeros = dict.fromkeys(edges, 0)
     for _, values in _observed_values(model, data, list(edges)):
@@ -114,12 +116,12 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
             hists[name] += np.histogram(values[name], bins=edges[name])[0]
             zeros[name] += int(np.count_nonzero(values[name] == 0))
     stats = {n: ActivationStats(lo[n], hi[n], hists[n], edges[n], zeros[n]) for n in edges}
-    for name in set(names) - set(stats):
+    for name in set(names) - set(stats) - non_finite:
         logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
         stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
     macs = {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction
             for op in plan.weighted_ops}
-    return Calibration(stats, macs)
+    return Calibration(stats, macs, tuple(n for n in names if n in non_finite))
 
 
 def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[str, int]:

@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(_summary(result.record, args.output))
         else:
             print(_sensitivity_table(analyze(args.input, config, progress=progress), args.top))
-    except OnnxmpError as exc:
-        print(f"onnxmp: error: {exc}", file=sys.stderr)
+    except OnnxmpError as exc:  # one line, even where the message quotes a multi-line one from onnx
+        print("onnxmp: error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("onnxmp: interrupted; no output written", file=sys.stderr)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxmp.errors import CalibrationError
+from onnxmp.errors import CalibrationError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class CalibrationSet:
         """Feeds for one model run each, covering every sample once, in order."""
         n = self.num_samples
         if not self.batched:
-            for i in range(n):
-                yield {name: arr[i] for name, arr in self.arrays.items()}
+            for i in range(n):  # asarray: a 0-d sample must stay an array, not a numpy scalar
+                yield {name: np.asarray(arr[i]) for name, arr in self.arrays.items()}
             return
         for start in range(0, n, self.batch):
             yield {name: arr[start:start + self.batch] for name, arr in self.arrays.items()}
@@ -67,6 +67,10 @@ class CalibrationSet:
         return dataclasses.replace(self, arrays=arrays)
 
 
+_NON_TENSOR = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
+               "sparse_tensor_type": "a sparse tensor"}
+
+
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     """The real (non-initializer) inputs of a model with their dtypes and shapes."""
     inits = {t.name for t in model.graph.initializer}
@@ -74,6 +78,12 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     for value in model.graph.input:
         if value.name in inits:
             continue
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise ModelError(
+                f"input {value.name!r} is {_NON_TENSOR.get(kind, 'not a tensor')}; onnxmp quantizes models "
+                "whose inputs are tensors (calibration data holds one array per input)"
+            )
         tensor_type = value.type.tensor_type
         # Some exporters write -1 (or 0) for a dynamic dimension instead of a dim_param.
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None

@@ -4,7 +4,8 @@ Activations get QuantizeLinear → DequantizeLinear pairs (uint8 / uint16, per t
 are stored in their integer type (INT4 packed two per byte, INT8, INT16) behind a per-channel
 DequantizeLinear; biases become int32 with scale = input scale × weight scale. The tensor each
 consumer reads keeps its original name (the producer's output is renamed ``<name>_float``), and
-every original node keeps its name, so results map back to the float model.
+every original node keeps its name, so results map back to the float model. New tensors are
+named ``<name>_<role>``, with a numeric suffix where the model already uses that name.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxmp import quant
+from onnxmp.graph import all_tensor_names
 from onnxmp.groups import QuantPlan
 from onnxmp.params import QuantParams
 from onnxmp.simulate import Assignment
@@ -44,11 +46,25 @@ def _float_tensor(name: str, values: np.ndarray) -> TensorProto:
     return onnx.numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
-def _activation_qdq(name: str, source: str, scale: np.float32, zp: int, bits: int
+class _FreshNames:
+    """Tensor names not used by the model nor handed out before: ``base``, else ``base_1``, ..."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.taken = all_tensor_names(model.graph)
+
+    def __call__(self, base: str) -> str:
+        name, index = base, 1
+        while name in self.taken:
+            name, index = f"{base}_{index}", index + 1
+        self.taken.add(name)
+        return name
+
+
+def _activation_qdq(name: str, source: str, scale: np.float32, zp: int, bits: int, fresh: _FreshNames
                     ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Q/DQ nodes and their parameter initializers turning ``source`` into ``name``."""
     elem_type, np_type = _ACT_TYPES[bits]
-    s_name, z_name, q_name = f"{name}_scale", f"{name}_zero_point", f"{name}_quantized"
+    s_name, z_name, q_name = fresh(f"{name}_scale"), fresh(f"{name}_zero_point"), fresh(f"{name}_quantized")
     inits = [_float_tensor(s_name, np.float32(scale)), helper.make_tensor(z_name, elem_type, [], [np_type(zp)])]
     nodes = [
         helper.make_node("QuantizeLinear", [source, s_name, z_name], [q_name], name=f"{name}_QuantizeLinear"),
@@ -57,10 +73,10 @@ def _activation_qdq(name: str, source: str, scale: np.float32, zp: int, bits: in
     return nodes, inits
 
 
-def _weight_dq(name: str, q: np.ndarray, scale: np.ndarray, axis: int, bits: int
+def _weight_dq(name: str, q: np.ndarray, scale: np.ndarray, axis: int, bits: int, fresh: _FreshNames
                ) -> tuple[onnx.NodeProto, list[TensorProto]]:
     """A per-channel DequantizeLinear producing ``name`` from integer values."""
-    q_name, s_name, z_name = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+    q_name, s_name, z_name = fresh(f"{name}_quantized"), fresh(f"{name}_scale"), fresh(f"{name}_zero_point")
     zeros = np.zeros(scale.shape, np.int32)
     inits = [integer_tensor(q_name, q, bits), _float_tensor(s_name, scale), integer_tensor(z_name, zeros, bits)]
     node = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [name], name=f"{name}_DequantizeLinear",
@@ -81,34 +97,38 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     replaced: set[str] = set()
     after: dict[str, list[onnx.NodeProto]] = {}
     renamed_inputs: dict[str, str] = {}
+    float_names: dict[str, str] = {}  # producer outputs renamed, ahead of their Q/DQ pair
+    fresh = _FreshNames(model)
     for name in plan.activations:
         bits = assignment[act_group[name]].a_bits
         scale, zp = params.activation(name, bits)
         if name in graph_inputs:
-            target = f"{name}_dequantized"
-            nodes, inits = _activation_qdq(target, name, scale, zp, bits)
+            target = fresh(f"{name}_dequantized")
+            nodes, inits = _activation_qdq(target, name, scale, zp, bits, fresh)
             renamed_inputs[name] = target
             head_nodes.extend(nodes)
         else:
-            nodes, inits = _activation_qdq(name, f"{name}_float", scale, zp, bits)
+            float_names[name] = fresh(f"{name}_float")
+            nodes, inits = _activation_qdq(name, float_names[name], scale, zp, bits, fresh)
             after[name] = nodes
         new_inits.extend(inits)
     for op in plan.weighted_ops:
         cand = assignment[weight_group[op.weight]]
         if op.weight not in replaced:
             qw = params.weight(op, cand.w_bits)
-            node, inits = _weight_dq(op.weight, qw.q, qw.scale, op.axis, cand.w_bits)
+            node, inits = _weight_dq(op.weight, qw.q, qw.scale, op.axis, cand.w_bits, fresh)
             head_nodes.append(node)
             new_inits.extend(inits)
             replaced.add(op.weight)
         bias = params.bias(op, cand.w_bits, cand.a_bits)
         if bias is not None and op.bias not in replaced:
-            node, inits = _weight_dq(op.bias, bias.q, bias.scale, 0, 32)
+            node, inits = _weight_dq(op.bias, bias.q, bias.scale, 0, 32, fresh)
             head_nodes.append(node)
             new_inits.extend(inits)
             replaced.add(op.bias)
         elif bias is None and op.bias:
-            logger.info("bias %s of %s kept float: int32 would overflow at %s", op.bias, op.node, cand)
+            logger.info("bias %s of %s kept float at %s: int32 would overflow, or its input stays float",
+                        op.bias, op.node, cand)
     nodes = list(head_nodes)
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -116,7 +136,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
         produced = [name for name in node.output if name in after]
         for i, name in enumerate(node.output):
             if name in after:
-                node.output[i] = f"{name}_float"
+                node.output[i] = float_names[name]
         nodes.append(node)
         for name in produced:
             nodes.extend(after[name])

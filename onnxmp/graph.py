@@ -54,3 +54,15 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
             for inner in sub.node:
                 names |= {n for n in set(inner.input) | subgraph_reads(inner) if n and n not in local}
     return names
+
+
+def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name of a graph and its subgraphs (inputs, outputs, initializers, node
+    outputs, value infos): a new name must avoid all of them to keep the model in SSA form."""
+    names = {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
+    names |= {t.name for t in graph.initializer} | {o for node in graph.node for o in node.output}
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= all_tensor_names(sub)
+    return names

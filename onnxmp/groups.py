@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -38,6 +39,15 @@ SHARED_IO_OPS = frozenset({
     "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
     "GlobalMaxPool", "Split", "Slice", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
 })
+# The inputs that carry activations, for quantized ops whose other inputs are parameters (sizes,
+# scales, bounds, pads, a runtime bias): those stay float, as in onnxruntime's QDQ quantizer. Ops
+# not listed take all their inputs as activations.
+ACTIVATION_INPUTS = {
+    "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "Clip": (0,), "Resize": (0,), "Pad": (0,),
+    "Split": (0,), "Slice": (0,), "Gather": (0,), "Reshape": (0,), "Expand": (0,), "Tile": (0,),
+    "Squeeze": (0,), "Unsqueeze": (0,), "Where": (1, 2), "LayerNormalization": (0,),
+    "InstanceNormalization": (0,), "ReduceMean": (0,),
+}
 # Activation functions a weighted op's output fuses into: no quantizer in between.
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
 
@@ -156,10 +166,11 @@ def _is_fused_output(tensor: str, index: GraphIndex) -> bool:
             and all(r.op_type in FUSABLE_ACTIVATIONS for r in readers))
 
 
-def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex) -> tuple[list[str], list[Skip]]:
+def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str]
+                           ) -> tuple[list[str], list[Skip]]:
     """Float tensors read or written by quantized ops, in graph order, and those skipped."""
     chosen: dict[str, None] = {}
-    skips: list[Skip] = []
+    skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
     fused = {node.output[0] for node in graph.node
              if isinstance(_try_weighted_op(node, index), WeightedOp) and _is_fused_output(node.output[0], index)}
     for name in sorted(fused):
@@ -169,24 +180,28 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex) -> tuple[l
             continue
         weighted = _try_weighted_op(node, index)
         weight, bias = (weighted.weight, weighted.bias) if isinstance(weighted, WeightedOp) else (None, None)
-        for name in node.input:
-            if not name or name in (weight, bias) or name in fused or not index.is_float(name):
+        for position, name in enumerate(node.input):
+            if not name or name in (weight, bias) or name in fused or name in keep_float or not index.is_float(name):
+                continue
+            if position not in ACTIVATION_INPUTS.get(node.op_type, (position,)):
+                skips.append(Skip(name, f"parameter input {position} of {node.name} ({node.op_type}) kept float"))
                 continue
             if name in index.initializers:
                 skips.append(Skip(name, f"constant operand of {node.name} ({node.op_type}) kept float"))
                 continue
             chosen[name] = None
         for name in node.output:
-            if name and name not in fused and index.is_float(name):
+            if name and name not in fused and name not in keep_float and index.is_float(name):
                 chosen[name] = None
     return list(chosen), skips
 
 
-def find_quantizers(model: onnx.ModelProto) -> QuantPlan:
-    """Find every quantizer and group them; raise NothingToQuantizeError if there is none."""
+def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None) -> QuantPlan:
+    """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
+    ``keep_float`` maps tensors that must stay float to the reason why."""
     graph = model.graph
     index = GraphIndex.build(graph)
-    activations, skips = _activation_candidates(graph, index)
+    activations, skips = _activation_candidates(graph, index, keep_float or {})
     quantized = set(activations)
     weighted: list[WeightedOp] = []
     for node in graph.node:

@@ -3,8 +3,9 @@
 ``load_model`` reads a file (external data included) and checks it is a float model onnxmp can
 work on. ``prepare_model`` is functional: it returns a new model with Constant nodes turned
 into initializers, BatchNormalization folded into the Conv before it, the opset raised to 21
-(INT4 and UINT16 QuantizeLinear/DequantizeLinear need it) and shapes inferred. Node and tensor
-names of the float model are kept so results map back to it.
+(INT4 and UINT16 QuantizeLinear/DequantizeLinear need it; lowered where onnxruntime has no
+QuantizeLinear at the model's opset) and shapes inferred. Node and tensor names of the float
+model are kept so results map back to it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from onnx import numpy_helper, version_converter
 
 from onnxmp.errors import AlreadyQuantizedError, ModelError
 from onnxmp.graph import subgraph_reads
+from onnxmp.groups import WEIGHTED_OPS
+from onnxmp.session import runs_qdq
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     prepared = upgrade_opset(prepared)
+    drop_initializer_inputs(prepared.graph)
     constants_to_initializers(prepared.graph)
     check_finite_initializers(prepared.graph)
     name_nodes(prepared.graph)
@@ -93,18 +97,28 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Convert to opset 21 so INT4 weights and UINT16 activations can be expressed."""
-    if default_opset(model) < TARGET_OPSET:
-        logger.info("converting the model from opset %d to %d", default_opset(model), TARGET_OPSET)
-        try:
-            model = version_converter.convert_version(model, TARGET_OPSET)
-        except Exception as exc:
-            raise ModelError(
-                f"cannot convert the model from opset {default_opset(model)} to {TARGET_OPSET} "
-                f"({exc}); re-export it at opset {TARGET_OPSET}"
-            ) from exc
+    """Convert to opset 21 so INT4 weights and UINT16 activations can be expressed. A model newer
+    than the QuantizeLinear / DequantizeLinear of the installed onnxruntime is converted down to
+    the newest opset onnxruntime runs them at, so that the output loads."""
+    opset = default_opset(model)
+    if opset < TARGET_OPSET:
+        model = _convert_opset(model, TARGET_OPSET, f"re-export it at opset {TARGET_OPSET}")
+    elif not runs_qdq(opset):
+        target = next((v for v in range(opset - 1, TARGET_OPSET - 1, -1) if runs_qdq(v)), TARGET_OPSET)
+        model = _convert_opset(model, target, f"the installed onnxruntime runs QuantizeLinear only up to opset "
+                                              f"{target}: re-export the model at opset {target} or upgrade onnxruntime")
     model.ir_version = max(model.ir_version, 10)
     return model
+
+
+def _convert_opset(model: onnx.ModelProto, target: int, advice: str) -> onnx.ModelProto:
+    opset = default_opset(model)
+    logger.info("converting the model from opset %d to %d", opset, target)
+    try:
+        return version_converter.convert_version(model, target)
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot convert the model from opset {opset} to {target} ({first_line}); {advice}") from exc
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -113,6 +127,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
         raise ModelError(f"shape inference failed on the model: {exc}") from exc
+
+
+def drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """In place: initializers also listed as graph inputs (IR < 4 models, exports with
+    ``keep_initializers_as_inputs``) stop being inputs. onnxmp quantizes them as the constants
+    they are, and a quantized weight must not stay an input beside its DequantizeLinear."""
+    inits = {t.name for t in graph.initializer}
+    kept = [i for i in graph.input if i.name not in inits]
+    if len(kept) < len(graph.input):
+        logger.info("%d initializer(s) listed as graph inputs are treated as constants", len(graph.input) - len(kept))
+        del graph.input[:]
+        graph.input.extend(kept)
 
 
 def constants_to_initializers(graph: onnx.GraphProto) -> None:
@@ -133,9 +159,13 @@ def constants_to_initializers(graph: onnx.GraphProto) -> None:
 
 
 def check_finite_initializers(graph: onnx.GraphProto) -> None:
-    """Refuse float weights holding NaN or Inf: no scale can represent them."""
+    """Refuse float weights holding NaN or Inf: no scale can represent them. Other constants
+    may hold them on purpose (an attention mask of -inf) and stay float."""
+    weights = {name for node in graph.node if node.op_type in (*WEIGHTED_OPS, "BatchNormalization")
+               for name in node.input[1:]}  # BatchNormalization's fold into a Conv weight
     for tensor in graph.initializer:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        if tensor.name in weights and tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                           onnx.TensorProto.FLOAT16):
             values = numpy_helper.to_array(tensor)
             if not np.isfinite(values).all():
                 raise ModelError(f"initializer {tensor.name!r} holds NaN or Inf values; the model is corrupted "

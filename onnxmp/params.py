@@ -57,6 +57,7 @@ class QuantParams:
         self.calibration = calibration
         self._model = model
         self._ops = {op.node: op for op in plan.weighted_ops}
+        self._activations = set(plan.activations)
         self._weights: dict[tuple[str, int], QuantizedWeight] = {}
         self._floats: dict[str, np.ndarray] = {}
         self._rounded: dict[tuple[str, int], np.ndarray] = {}  # AdaRounded integers, by (weight, bits)
@@ -88,8 +89,9 @@ class QuantParams:
         self._weights.pop((weight, bits), None)
 
     def bias(self, op: WeightedOp, w_bits: int, a_bits: int) -> QuantizedBias | None:
-        """The int32 bias of ``op``, or None when it would overflow int32 (then it stays float)."""
-        if op.bias is None:
+        """The int32 bias of ``op``, or None when it would overflow int32 or its input is not
+        quantized (then it stays float)."""
+        if op.bias is None or op.activation not in self._activations:
             return None
         act_scale, _ = self.activation(op.activation, a_bits)
         scale = (np.float32(act_scale) * self.weight(op, w_bits).scale).astype(np.float32)

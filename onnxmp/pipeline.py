@@ -26,7 +26,7 @@ from onnxmp.calibrate import Calibration, calibrate, select_ranges
 from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
 from onnxmp.cost import METRICS, CostModel
 from onnxmp.data import CalibrationSet, resolve_calibration
-from onnxmp.errors import ConfigError, ModelError
+from onnxmp.errors import ConfigError, ModelError, NothingToQuantizeError
 from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
 from onnxmp.export import export_qdq
 from onnxmp.files import check_writable, save_json, save_model
@@ -149,9 +149,11 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
     cached = cache.load_json("phase1.json")
     arrays = cache.load_arrays("calibration.npz")
-    hit = cached is not None and arrays is not None and cached.get("groups") == len(plan.groups)
     with _timed(timings, "calibrate"):
-        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if hit else calibrate(model, plan, data)
+        reuse = cached is not None and arrays is not None
+        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
+        plan = _keep_non_finite_float(model, plan, calibration)
+        hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
         reference = run_over(make_session(with_outputs(model, observed)), data, observed)
         params = QuantParams(model, plan, calibration)
@@ -180,6 +182,21 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
                     cache, hit, timings, rounding)
+
+
+def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration) -> QuantPlan:
+    """The plan without the activations that hold NaN or Inf on the calibration data (an
+    attention mask of -inf): no scale can represent them, so they stay float."""
+    if not calibration.non_finite:
+        return plan
+    logger.info("%d activation(s) hold NaN or Inf on the calibration data and stay float: %s",
+                len(calibration.non_finite), ", ".join(calibration.non_finite[:5]))
+    try:
+        return find_quantizers(model, dict.fromkeys(calibration.non_finite, "NaN or Inf on the calibration data"))
+    except NothingToQuantizeError as exc:
+        raise ModelError(f"the float model computes NaN or Inf at {calibration.non_finite[0]!r} and every other "
+                         "tensor onnxmp could quantize, on the calibration data; check the model and the scale "
+                         "of the data") from exc
 
 
 def _store_phase1(cache: ResultsCache, plan, calibration, params, base_nsr, sensitivities) -> None:

@@ -135,10 +135,13 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, bits: int, exact_zeros: int =
 
 def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
     """Noise-to-signal power ratio, averaged over the outputs (so outputs of any scale count
-    alike); additive when independent noise sources combine, which Phase 2 relies on."""
+    alike); additive when independent noise sources combine, which Phase 2 relies on. Where the
+    reference itself is NaN or Inf (a fully masked row) there is nothing to compare."""
     ratios = []
     for ref, out in zip(reference, test, strict=True):
         ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+        finite = np.isfinite(ref64)
+        ref64, out64 = ref64[finite], out64[finite]
         signal = float((ref64**2).sum())
         noise = float(((ref64 - out64) ** 2).sum())
         ratios.append(noise / max(signal, _TINY))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
@@ -26,6 +29,31 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
         return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+
+
+@functools.cache
+def runs_qdq(opset: int) -> bool:
+    """True when onnxruntime runs, at this opset, every QuantizeLinear / DequantizeLinear the export
+    writes (uint8 / uint16 activations; int4 / int8 / int16 per-channel weights; int32 biases)."""
+    nodes, inits = [], [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                        helper.make_tensor("sc", TensorProto.FLOAT, [2], [0.1, 0.2])]
+    for i, elem in enumerate((TensorProto.UINT8, TensorProto.UINT16)):
+        inits.append(helper.make_tensor(f"z{i}", elem, [], [0]))
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s", f"z{i}"], [f"q{i}"]),
+                  helper.make_node("DequantizeLinear", [f"q{i}", "s", f"z{i}"], [f"y{i}"])]
+    for elem in (TensorProto.INT4, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32):
+        inits += [helper.make_tensor(f"w{elem}", elem, [2, 2], [1, -1, 0, 1]),
+                  helper.make_tensor(f"wz{elem}", elem, [2], [0, 0])]
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{elem}", "sc", f"wz{elem}"], [f"d{elem}"], axis=0))
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None)
+                               for n in nodes if n.op_type == "DequantizeLinear"], inits)
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    try:
+        make_session(probe)
+    except ModelError:
+        return False
+    return True
 
 
 def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
