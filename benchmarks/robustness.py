@@ -153,6 +153,7 @@ HEADER = ["model", "groups", "evaluated entries", "samples calib/calib2/ood", "e
 
 
 def _write(rows: dict[str, list[str]], notes: list[str], order: list[str]) -> str:
+    """The table with the rows of models not run this time kept, and notes (``model: text``)."""
     old: dict[str, list[str]] = {}
     if os.path.isfile(RESULT):
         with open(RESULT, encoding="utf-8") as handle:
@@ -161,7 +162,8 @@ def _write(rows: dict[str, list[str]], notes: list[str], order: list[str]) -> st
                 if line.startswith("| ") and len(cells) == len(HEADER) and cells[0] not in ("model",):
                     old[cells[0]] = cells
         with open(RESULT, encoding="utf-8") as handle:
-            notes = re.findall(r"^- (\S+: entries present.*)$", handle.read(), re.M) + notes
+            kept = [f"{a}: {b}" for a, b in re.findall(r"^- (\S+): (.*)$", handle.read(), re.M) if a not in rows]
+        notes = kept + notes
     merged = {**old, **rows}
     names = [n for n in order if n in merged] + sorted(n for n in merged if n not in order)
     text = (
@@ -179,7 +181,7 @@ def _write(rows: dict[str, list[str]], notes: list[str], order: list[str]) -> st
         "or a third of the entries if fewer). analyze s: the whole Phase 1 run (load, calibration, AdaRound, "
         "range selection, sensitivity list); `cached` when the results cache already held it.\n\n"
         + markdown_table(HEADER, [merged[n] for n in names]) + "\n"
-        + "".join(f"\n- {n}" for n in dict.fromkeys(notes))
+        + "".join(f"\n- {n}" for n in dict.fromkeys(notes)) + "\n"
     )
     return text
 
@@ -195,8 +197,11 @@ def main() -> None:
         unknown = set(args.models) - {b.name for b in benches}
         if unknown:
             parser.error(f"unknown or unprepared model(s): {', '.join(sorted(unknown))}")
+    from zoo_table import _git_state
+
     rows, notes = {}, []
     for bench in benches:
+        notes.append(f"{bench.name}: run at onnxmp {_git_state()}")
         rows[bench.name], note = run_model(bench, args.samples, args.cache_dir)
         notes += [note] if note else []
         print(" | ".join(rows[bench.name]), flush=True)
