@@ -107,7 +107,7 @@ def _loads(path: str) -> bool:
     try:
         ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return True
-    except Exception:  # noqa: BLE001 - any load failure means: try the next way
+    except Exception:
         return False
 
 
@@ -144,7 +144,7 @@ def _quantize_peer(model_path: str, arrays: dict[str, np.ndarray], out: str) -> 
         for label, run, path in ways:
             try:
                 run(path)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's tools raise AssertionError and others
+            except Exception as exc:
                 text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
                 failures.append(f"{label}: {type(exc).__name__}{': ' + text if text else ''}")
                 continue
@@ -204,7 +204,7 @@ def verdict(name: str, metric: str, uniform: list[dict], mixed: list[dict]) -> s
                        f"SQNR {m['sqnr']:.2f} {cq} {u['sqnr']:.2f} dB")
         score_wins += [label] if cs == ">" else []
         sqnr_wins += [label] if cq == ">" else []
-        both += [label] if cs in ">=" and cq == ">" or cs == ">" and cq in ">=" else []
+        both += [label] if (cs in ">=" and cq == ">") or (cs == ">" and cq in ">=") else []
     if both:
         head = (f"**{name}: yes**, {len(both)} of {len(details)} mixed points ({', '.join(both)}) beat the uniform "
                 "point of the same or higher cost (at least as good on both task score and SQNR, better on one)")

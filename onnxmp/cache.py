@@ -7,6 +7,7 @@ pickle), written atomically; a changed model, data set or option gives a new key
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,20 @@ from onnxmp.files import save_json, write_atomic
 logger = logging.getLogger(__name__)
 
 # Bump when what is cached changes meaning, so old entries are not misread.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of onnxmp's own source files: results computed by other code are not reused
+    (a version number is not bumped for every change that moves a result)."""
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py"):
+            with open(os.path.join(package, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(model: onnx.ModelProto, data: CalibrationSet, options: dict) -> str:
@@ -33,7 +47,7 @@ def cache_key(model: onnx.ModelProto, data: CalibrationSet, options: dict) -> st
         arr = np.ascontiguousarray(data.arrays[name])
         digest.update(f"{name}|{arr.dtype}|{arr.shape}".encode())
         digest.update(arr.tobytes())
-    digest.update(json.dumps({"format": CACHE_FORMAT, **options}, sort_keys=True).encode())
+    digest.update(json.dumps({"format": CACHE_FORMAT, "code": code_digest(), **options}, sort_keys=True).encode())
     return digest.hexdigest()[:24]
 
 

@@ -3,7 +3,7 @@
 Two float passes over the calibration set: the first finds each activation's min and max, the
 second fills a histogram over that span. Ranges per bit-width come from the histogram: min/max
 at 16 bits; at 8 bits and below both min/max and the MSE-optimal clip are candidates, and
-``select_ranges`` keeps, per tensor, the one that gives the better output SQNR.
+Phase 1 (``sensitivity``) keeps, per tensor, the one that gives the better output SQNR.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from onnxmp.session import make_session, with_outputs
 logger = logging.getLogger(__name__)
 
 HIST_BINS = 2048
-RANGE_METHODS = ("minmax", "mse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,46 +121,3 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
     macs = {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction
             for op in plan.weighted_ops}
     return Calibration(stats, macs, tuple(n for n in names if n in non_finite))
-
-
-def select_ranges(simulator, params, groups, candidates, progress=None) -> dict[str, int]:
-    """Per tensor and bit-width below 16, choose min/max or the MSE-optimal clip, jointly.
-
-    Clipping errors of successive layers add up, so a range that is best for one tensor alone
-    can hurt the whole. For each activation bit-width below 16, start from the uniform
-    assignment at the most expensive candidate with those activation bits, every range at
-    min/max, and switch one tensor at a time to its MSE range, keeping the switch only when the
-    output SQNR of the whole model improves: never worse than min/max at that point.
-    Returns how many tensors took each method.
-    """
-    counts = dict.fromkeys(RANGE_METHODS, 0)
-    names = [n for g in groups for n in g.activations]
-    context = {c.a_bits: c for c in candidates if c.a_bits < 16}  # candidates sort cheapest first
-    total = len(context) * len(names)
-    for step, (bits, cand) in enumerate(sorted(context.items())):
-        assignment = {g.gid: cand for g in groups}
-        for name in names:
-            params.range_method[(name, bits)] = "minmax"
-        best = simulator.nsr(assignment)
-        for i, name in enumerate(names, 1):
-            params.range_method[(name, bits)] = "mse"
-            # No evaluation is needed where the two ranges practically agree.
-            trial = best if _nearly_same_range(params, name, bits) else simulator.nsr(assignment)
-            if trial < best:
-                best = trial
-            else:
-                params.range_method[(name, bits)] = "minmax"
-            counts[params.range_method[(name, bits)]] += 1
-            if progress:
-                progress(step * len(names) + i, total, f"{name} A{bits}")
-    return counts
-
-
-def _nearly_same_range(params, name: str, bits: int, tolerance: float = 0.02) -> bool:
-    """True when the MSE clip changes the min/max range by less than ``tolerance`` of its width."""
-    s_mm, z_mm = params.activation(name, bits, "minmax")
-    s_mse, z_mse = params.activation(name, bits, "mse")
-    width = float(s_mm) * (2**bits - 1)
-    lo_mm, lo_mse = -z_mm * float(s_mm), -z_mse * float(s_mse)
-    hi_mm, hi_mse = lo_mm + width, lo_mse + float(s_mse) * (2**bits - 1)
-    return abs(lo_mm - lo_mse) + abs(hi_mm - hi_mse) < tolerance * max(width, 1e-12)

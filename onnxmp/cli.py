@@ -17,13 +17,29 @@ from onnxmp.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.cost import METRICS
 from onnxmp.errors import OnnxmpError
 from onnxmp.evaluate import load_user_evaluator
+from onnxmp.partial import DEFAULT_MAX_MEMORY
 from onnxmp.pipeline import OptimizeConfig, analyze, optimize
+from onnxmp.workers import BACKENDS
 
 
 def default_cache_dir() -> str:
     """$XDG_CACHE_HOME/onnxmp, else ~/.cache/onnxmp (read here, never deep in the library)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "onnxmp")
+
+
+def parse_size(text: str) -> int:
+    """'512M', '4G', '1.5G' or a number of bytes → bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("B")
+    factor = units.get(clean[-1:], 1)
+    try:
+        value = float(clean[:-1] if clean[-1:] in units else clean)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 4G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return int(value * factor)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,6 +53,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     ada.add_argument("--no-adaround", dest="adaround", action="store_const", const="off",
                      help="round weights to nearest only")
     p.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer (default 1000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes for Phase 1 and AdaRound (default 1; results do not depend on it)")
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="where the workers run: local processes, or Ray (pip install 'onnxmp[ray]'; "
+                        "joins RAY_ADDRESS when set)")
+    p.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY,
+                   help="memory for cached activations in Phase 1, e.g. 512M or 4G (default 2G); "
+                        "less memory means more recomputation, never a different result")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -125,7 +149,8 @@ def _sensitivity_table(analysis, top: int) -> str:
 def _config(args: argparse.Namespace) -> OptimizeConfig:
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     common = {"candidates": parse_candidates(args.candidates), "calib": args.calib, "cache_dir": cache,
-              "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters}
+              "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters,
+              "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory}
     if args.command == "analyze":
         return OptimizeConfig(**common)
     evaluator = load_user_evaluator(args.eval_spec) if args.eval_spec else None

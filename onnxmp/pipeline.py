@@ -22,7 +22,7 @@ import onnxmp
 from onnxmp import quant
 from onnxmp.adaround import AdaRoundConfig
 from onnxmp.cache import ResultsCache, cache_key
-from onnxmp.calibrate import Calibration, calibrate, select_ranges
+from onnxmp.calibrate import Calibration, calibrate
 from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
 from onnxmp.cost import METRICS, CostModel
 from onnxmp.data import CalibrationSet, resolve_calibration
@@ -33,6 +33,7 @@ from onnxmp.files import check_writable, save_json, save_model
 from onnxmp.groups import QuantPlan, find_quantizers
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.params import QuantParams
+from onnxmp.partial import DEFAULT_MAX_MEMORY
 from onnxmp.report import build_record, write_report_dir
 from onnxmp.rounding import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
@@ -40,6 +41,7 @@ from onnxmp.sensitivity import Sensitivity, sensitivity_list
 from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
 from onnxmp.simulate import Assignment, Simulator
 from onnxmp.target import TargetDrop, binary_search, interpolation_search
+from onnxmp.workers import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class OptimizeConfig:
     adaround_iterations: int = 1000
     measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
     compare_binary_search: bool = False  # also run plain binary search on the same curve (benchmarks)
+    workers: int = 1  # processes for Phase 1 and AdaRound (same results as one)
+    backend: str = "local"  # where workers run: "local" processes or "ray"
+    max_memory: int = DEFAULT_MAX_MEMORY  # bytes of activations Phase 1 may cache
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -80,6 +85,12 @@ class OptimizeConfig:
         if not self.candidates:
             raise ConfigError("no candidates given")
         adaround_bits(self.candidates, self.adaround)
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.max_memory < 0:
+            raise ConfigError(f"--max-memory must not be negative, got {self.max_memory}")
         if self.adaround_iterations < 1:
             raise ConfigError(f"--adaround-iters must be at least 1, got {self.adaround_iterations}")
 
@@ -163,22 +174,17 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             rounding = apply_adaround(model, plan, params, data, bits,
                                       AdaRoundConfig(iterations=config.adaround_iterations), cache,
                                       _stage_progress(progress, "adaround"))
-    with _timed(timings, "ranges"):
-        simulator = Simulator(model, plan, params, data, reference)
-        if hit:
-            params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})
-        else:
-            counts = select_ranges(simulator, params, plan.groups, config.candidates,
-                                   _stage_progress(progress, "ranges"))
-            logger.info("activation ranges below 16 bits: %s", counts)
+    simulator = Simulator(model, plan, params, data, reference)
     with _timed(timings, "phase1"):
         if hit:
+            params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})
             base_nsr = cached["base_nsr"]
             sensitivities = [Sensitivity(gid, Candidate.parse(c), nsr, ev) for gid, c, nsr, ev in cached["sensitivity"]]
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
-            base_nsr, sensitivities = sensitivity_list(simulator, plan.groups, config.candidates,
-                                                       _stage_progress(progress, "phase 1"))
+            phase1 = sensitivity_list(simulator, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
+                                      config.workers, config.max_memory, config.backend)
+            base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
                     cache, hit, timings, rounding)

@@ -56,6 +56,14 @@ def runs_qdq(opset: int) -> bool:
     return True
 
 
+def run_session(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One run; onnxruntime's failure becomes a one-line ModelError."""
+    try:
+        return session.run(names, feeds)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime failed running the model: {str(exc).strip().splitlines()[0]}") from exc
+
+
 def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
              extra_feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Run every sample; each output's values over all runs, flattened and concatenated."""
@@ -63,10 +71,7 @@ def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: 
     for feeds in data.feeds():
         if extra_feeds:
             feeds = {**feeds, **extra_feeds}
-        try:
-            results = session.run(output_names, feeds)
-        except Exception as exc:
-            raise ModelError(f"onnxruntime failed running the model: {str(exc).strip().splitlines()[0]}") from exc
+        results = run_session(session, output_names, feeds)
         for store, value in zip(chunks, results, strict=True):
             store.append(np.asarray(value, dtype=np.float32).reshape(-1))
     return [np.concatenate(store) for store in chunks]

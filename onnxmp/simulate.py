@@ -1,15 +1,15 @@
 """One onnxruntime session that simulates any bit-width assignment, switched by feeds.
 
 The simulation model is the prepared float model with (a) each activation quantizer replaced by
-standard ops Div → Round → Add → Clip → Sub → Mul whose scale, zero point and clip bounds are
+standard ops Clip → QuantizeLinear → DequantizeLinear whose scale, zero point and clip bounds are
 graph inputs, and (b) each quantized weight and bias turned into a graph input fed with its
 dequantized value. Any assignment of candidates to groups is then a set of feeds: no model is
-rebuilt and no session created per configuration. ``Round`` rounds half to even, exactly like
-QuantizeLinear.
+rebuilt and no session created per configuration.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,12 +19,17 @@ from onnx import helper
 from onnxmp import quant
 from onnxmp.candidates import Candidate
 from onnxmp.data import CalibrationSet
+from onnxmp.errors import ModelError
 from onnxmp.groups import QuantPlan
 from onnxmp.params import QuantParams
+from onnxmp.partial import DEFAULT_MAX_MEMORY, CutCache
 from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
 
+logger = logging.getLogger(__name__)
+
 Assignment = Mapping[int, Candidate]
-_SUFFIXES = ("scale", "zp", "qmin", "qmax")
+_SUFFIXES = ("scale", "zp", "lo", "hi")
+_PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
 
 
 def _param_name(tensor: str, what: str) -> str:
@@ -32,16 +37,19 @@ def _param_name(tensor: str, what: str) -> str:
 
 
 def _fake_quant_nodes(src: str, dst: str) -> list[onnx.NodeProto]:
-    """src → dst through standard-op fake quantization reading ``src::scale`` etc."""
+    """src → dst through Clip → QuantizeLinear → DequantizeLinear reading ``dst::scale`` etc.
+
+    Every quantizer is uint16 so that one graph serves every bit-width; the Clip to the grid's
+    float bounds, ``(qmin - zp)·scale`` and ``(qmax - zp)·scale``, does what the narrower type's
+    saturation would (clipping before rounding equals clipping after, as the bounds lie on the
+    grid). onnxruntime's own quantize kernel rounds exactly as the exported model's does.
+    """
     p = {s: _param_name(dst, s) for s in _SUFFIXES}
-    t = {k: f"{dst}::{k}" for k in ("div", "round", "shift", "clip", "unshift")}
+    clipped, quantized = f"{dst}::clip", f"{dst}::q"
     return [
-        helper.make_node("Div", [src, p["scale"]], [t["div"]], name=f"{dst}::fq_div"),
-        helper.make_node("Round", [t["div"]], [t["round"]], name=f"{dst}::fq_round"),
-        helper.make_node("Add", [t["round"], p["zp"]], [t["shift"]], name=f"{dst}::fq_add"),
-        helper.make_node("Clip", [t["shift"], p["qmin"], p["qmax"]], [t["clip"]], name=f"{dst}::fq_clip"),
-        helper.make_node("Sub", [t["clip"], p["zp"]], [t["unshift"]], name=f"{dst}::fq_sub"),
-        helper.make_node("Mul", [t["unshift"], p["scale"]], [dst], name=f"{dst}::fq_mul"),
+        helper.make_node("Clip", [src, p["lo"], p["hi"]], [clipped], name=f"{dst}::fq_clip"),
+        helper.make_node("QuantizeLinear", [clipped, p["scale"], p["zp"]], [quantized], name=f"{dst}::fq_q"),
+        helper.make_node("DequantizeLinear", [quantized, p["scale"], p["zp"]], [dst], name=f"{dst}::fq_dq"),
     ]
 
 
@@ -60,7 +68,8 @@ def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     for name in plan.activations:
         target = name + "::fq" if name in graph_inputs else name  # the tensor the chain writes
         for suffix in _SUFFIXES:
-            graph.input.append(helper.make_tensor_value_info(_param_name(target, suffix), onnx.TensorProto.FLOAT, []))
+            graph.input.append(helper.make_tensor_value_info(_param_name(target, suffix),
+                                                              _PARAM_TYPES.get(suffix, onnx.TensorProto.FLOAT), []))
         if name in graph_inputs:
             renamed[name] = name + "::fq"
             chains.setdefault("", []).extend(_fake_quant_nodes(name, name + "::fq"))
@@ -88,17 +97,24 @@ class Simulator:
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
                  data: CalibrationSet, reference: list[np.ndarray]) -> None:
         """``reference``: the float model's values of ``observed_tensors(model)`` on ``data``."""
+        self.model = model
         self.plan = plan
         self.params = params
         self.data = data
         self.reference = reference
         self._graph_inputs = set(data.arrays)
         self.observed = observed_tensors(model)
-        self._session = make_session(with_outputs(build_simulation_model(model, plan), self.observed))
+        self._model = build_simulation_model(model, plan)
+        self._session = make_session(with_outputs(self._model, self.observed))
+        self._partial: CutCache | None = None
         self._act_group = plan.group_of_activation()
         self._weight_group = plan.group_of_weight()
         self._cache: dict[tuple, np.ndarray] = {}
         self.evaluations = 0
+
+    def ingredients(self) -> tuple:
+        """What another process needs to build the same simulator: ``Simulator(*ingredients)``."""
+        return self.model, self.plan, self.params, self.data, self.reference
 
     def _cached(self, key: tuple, make) -> np.ndarray:
         if key not in self._cache:
@@ -110,8 +126,10 @@ class Simulator:
         target = name + "::fq" if name in self._graph_inputs else name
         scale, zp = self.params.activation(name, bits, method)
         qmin, qmax = quant.unsigned_range(bits)
-        values = (scale, zp, qmin, qmax)
-        return {_param_name(target, s): np.array(v, np.float32) for s, v in zip(_SUFFIXES, values, strict=True)}
+        lo, hi = (np.float32(qmin - zp) * scale, np.float32(qmax - zp) * scale)
+        values = {"scale": np.array(scale, np.float32), "zp": np.array(zp, np.uint16),
+                  "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
+        return {_param_name(target, s): v for s, v in values.items()}
 
     def feeds_for(self, assignment: Assignment) -> dict[str, np.ndarray]:
         """Every parameter feed of the simulation model for one assignment."""
@@ -139,7 +157,32 @@ class Simulator:
         feeds = self.feeds_for(assignment)
         if overrides:
             feeds = {**feeds, **overrides}
+        if self._partial is not None:
+            cut = self._partial.cut_before(self._partial.start_of_change(feeds))
+            if cut is not None:
+                try:
+                    return self._partial.run(cut, feeds)
+                except ModelError as exc:  # a graph onnxruntime cannot run from that cut: run it whole
+                    logger.debug("partial evaluation from node %d failed (%s); not using that cut", cut.position, exc)
+                    self._partial.discard(cut)
         return run_over(self._session, self.data, self.observed, feeds)
+
+    def keep_baseline(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+        """Cache ``assignment``'s values at cut points, so that evaluations that differ from it
+        only late in the graph run only from there on (Phase 1: one group changed at a time)."""
+        feeds = self.feeds_for(assignment)
+        try:
+            self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory)
+        except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
+            logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
+            self._partial = None
+
+    def drop_baseline(self) -> None:
+        self._partial = None
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._partial.bytes if self._partial is not None else 0
 
     def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
         """Noise-to-signal ratio of the observed outputs against the float reference."""

@@ -1,0 +1,209 @@
+"""Partial re-evaluation: run only the part of the simulation that a configuration changes.
+
+Phase 1 changes one group at a time against a fixed baseline assignment. The baseline's values at
+a few cut points of the graph are computed once and kept; an evaluation then starts at the last
+cut before the first node whose feeds differ from the baseline's, in a session on the graph's
+suffix from that cut. Cuts sit where few tensors are live, spread evenly along the graph; as many
+as fit in the memory budget are kept (what does not fit is recomputed from an earlier cut).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxmp.data import CalibrationSet
+from onnxmp.graph import subgraph_reads
+from onnxmp.session import make_session, run_session
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CUTS = 16
+DEFAULT_MAX_MEMORY = 2 << 30  # bytes of cached activations
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """A point between two nodes: the suffix starts at node ``position`` and needs ``live``."""
+
+    position: int
+    live: tuple[str, ...]
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    return (set(node.input) | subgraph_reads(node)) - {""}
+
+
+def first_readers(graph: onnx.GraphProto) -> dict[str, int]:
+    """Index of the first node reading each tensor."""
+    first: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node_reads(node):
+            first.setdefault(name, i)
+    return first
+
+
+def find_cuts(graph: onnx.GraphProto, fed: set[str], observed: Iterable[str], count: int = DEFAULT_CUTS) -> list[Cut]:
+    """Up to ``count - 1`` cuts, one per equal stretch of the node list, each where the fewest
+    tensors are live (made before it, other than constants and ``fed`` parameters, and read at or
+    after it, or observed)."""
+    nodes = list(graph.node)
+    n = len(nodes)
+    if n < 2 or count < 2:
+        return []
+    constant = {t.name for t in graph.initializer} | fed
+    made = {i.name: -1 for i in graph.input if i.name not in constant}
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        made.update({o: i for o in node.output if o})
+        for name in node_reads(node):
+            last_use[name] = i
+    last_use.update({name: n for name in observed})
+    # tensor t is live at cut k (before node k) when made[t] < k <= last_use[t]
+    delta = np.zeros(n + 2, np.int64)
+    for name, at in made.items():
+        end = last_use.get(name, at)
+        if end > at:
+            delta[at + 1] += 1
+            delta[end + 1] -= 1
+    live_count = np.cumsum(delta)[: n + 1]
+    positions = []
+    for j in range(1, count):
+        lo, hi = max(1, round((j - 0.5) * n / count)), min(n - 1, round((j + 0.5) * n / count))
+        if lo > hi:
+            continue
+        window = np.arange(lo, hi + 1)
+        centre = j * n / count
+        best = min(window, key=lambda k: (live_count[k], abs(k - centre)))
+        if not positions or best > positions[-1]:
+            positions.append(int(best))
+    return [Cut(k, tuple(sorted(t for t, at in made.items() if at < k <= last_use.get(t, at)))) for k in positions]
+
+
+def suffix_model(model: onnx.ModelProto, cut: Cut, outputs: list[str], types: dict[str, tuple[int, list]]
+                 ) -> onnx.ModelProto:
+    """The nodes from ``cut.position`` on, reading the cut's live tensors as graph inputs
+    (``types``: element type and shape of each, as the baseline run gave them; a loop's body
+    needs its inputs' shapes)."""
+    graph = model.graph
+    nodes = list(graph.node)[cut.position:]
+    reads = set().union(*(node_reads(n) for n in nodes)) if nodes else set()
+    inputs = [helper.make_tensor_value_info(name, *types[name]) for name in cut.live]
+    live = set(cut.live)
+    inputs += [i for i in graph.input if i.name in reads and i.name not in live]
+    suffix = helper.make_graph(
+        nodes, graph.name + "_suffix", inputs,
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs],
+        [t for t in graph.initializer if t.name in reads])
+    made = {o for n in nodes for o in n.output}
+    suffix.value_info.extend(v for v in graph.value_info if v.name in made)
+    return helper.make_model(suffix, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _observed_type(batches: list[np.ndarray]) -> tuple[int, list]:
+    """Element type and shape of a tensor over all batches: a dimension that varies is symbolic."""
+    shapes = {b.shape for b in batches}
+    first = batches[0].shape
+    dims = [d if all(len(s) == len(first) and s[i] == d for s in shapes) else f"d{i}" for i, d in enumerate(first)]
+    rank_varies = len({len(s) for s in shapes}) > 1
+    return helper.np_dtype_to_tensor_dtype(batches[0].dtype), None if rank_varies else dims
+
+
+def _with_untyped_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names``, whatever their types (a cut can fall
+    between a QuantizeLinear and its DequantizeLinear)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in present)
+    return copy
+
+
+class CutCache:
+    """The baseline's live tensors at the kept cuts, per calibration batch, and one suffix
+    session per cut (made when first needed)."""
+
+    def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
+                 baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
+                 count: int = DEFAULT_CUTS) -> None:
+        self.model = model
+        self.data = data
+        self.observed = observed
+        self.baseline_feeds = baseline_feeds
+        self._first_reader = first_readers(model.graph)
+        candidates = find_cuts(model.graph, fed, observed, count)
+        self.cuts, self.values = self._fill(candidates, max_memory)
+        self.types = {name: _observed_type([batch[name] for batch in batches])
+                      for batches in self.values.values() for name in batches[0]}
+        self.bytes = sum(v.nbytes for batches in self.values.values() for batch in batches for v in batch.values())
+        self._sessions: dict[int, object] = {}
+        self._produced_by_position: dict[int, set[str]] = {}
+        logger.info("partial re-evaluation: %d cuts kept of %d, %.1f MB cached", len(self.cuts), len(candidates),
+                    self.bytes / 2**20)
+
+    def _fill(self, candidates: list[Cut], max_memory: int):
+        """Run the baseline once, keeping the live tensors of the cuts that fit in ``max_memory``:
+        the first batch measures each cut's size, the largest cuts are dropped until the rest fit."""
+        if not candidates:
+            return [], {}
+        batches = list(self.data.feeds())
+        wanted = sorted({name for cut in candidates for name in cut.live})
+        session = make_session(_with_untyped_outputs(self.model, wanted), optimized=False)
+        first = dict(zip(wanted, run_session(session, wanted, {**batches[0], **self.baseline_feeds}), strict=True))
+        size = {cut.position: sum(first[t].nbytes for t in cut.live) * len(batches) for cut in candidates}
+        kept = list(candidates)
+        while kept and sum(size[c.position] for c in kept) > max_memory:
+            kept.remove(max(kept, key=lambda c: size[c.position]))
+        names = sorted({name for cut in kept for name in cut.live})
+        values: dict[int, list[dict[str, np.ndarray]]] = {c.position: [] for c in kept}
+        for i, feeds in enumerate(batches):
+            got = first if i == 0 else dict(zip(names, run_session(session, names, {**feeds, **self.baseline_feeds}),
+                                                 strict=True))
+            for cut in kept:
+                values[cut.position].append({t: got[t] for t in cut.live})
+        return kept, values
+
+    def start_of_change(self, feeds: dict[str, np.ndarray]) -> int:
+        """Index of the first node that reads a feed differing from the baseline's (the node
+        count when nothing differs)."""
+        start = len(self.model.graph.node)
+        for name, value in feeds.items():
+            base = self.baseline_feeds.get(name)
+            if base is value or (base is not None and base.shape == value.shape and np.array_equal(base, value)):
+                continue
+            start = min(start, self._first_reader.get(name, start))
+        return start
+
+    def cut_before(self, start: int) -> Cut | None:
+        usable = [c for c in self.cuts if c.position <= start]
+        return usable[-1] if usable else None
+
+    def discard(self, cut: Cut) -> None:
+        """Stop using ``cut`` (its suffix failed to run) and free its cached values."""
+        self.cuts.remove(cut)
+        self.bytes -= sum(v.nbytes for batch in self.values.pop(cut.position) for v in batch.values())
+
+    def run(self, cut: Cut, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The observed tensors over the calibration set, computed from ``cut`` on. Observed
+        tensors made before the cut come from the cache."""
+        produced = self._produced_by_position.setdefault(
+            cut.position, {o for node in list(self.model.graph.node)[cut.position:] for o in node.output})
+        computed = [name for name in self.observed if name in produced]
+        if cut.position not in self._sessions:
+            model = suffix_model(self.model, cut, computed, self.types)
+            self._sessions[cut.position] = make_session(model)
+        session = self._sessions[cut.position]
+        inputs = {i.name for i in session.get_inputs()}
+        params = {k: v for k, v in feeds.items() if k in inputs}
+        chunks: list[list[np.ndarray]] = [[] for _ in self.observed]
+        for cached in self.values[cut.position]:
+            got = dict(zip(computed, run_session(session, computed, {**cached, **params}), strict=True)) if computed else {}
+            for store, name in zip(chunks, self.observed, strict=True):
+                value = got[name] if name in got else cached[name]
+                store.append(np.asarray(value, dtype=np.float32).reshape(-1))
+        return [np.concatenate(store) for store in chunks]

@@ -1,0 +1,126 @@
+"""Phase 1 in this process or spread over processes: local ones (``--workers``) or a Ray cluster.
+
+Each worker builds its own simulator from the same ingredients and measures whole groups;
+``sensitivity.measure_group`` depends only on the group, so the results are the same whatever
+process measured what, and in whatever order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import pickle
+
+from onnxmp.candidates import Candidate
+from onnxmp.groups import QuantizerGroup
+from onnxmp.partial import DEFAULT_MAX_MEMORY
+from onnxmp.sensitivity import GroupResult, Progress, measure_group
+from onnxmp.simulate import Simulator
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+
+
+class GroupMeasurer:
+    """A simulator holding the baseline's cut cache, measuring one group per call."""
+
+    def __init__(self, simulator: Simulator, candidates: tuple[Candidate, ...], base_nsr: float,
+                 max_memory: int | None) -> None:
+        self.simulator = simulator
+        self.candidates = candidates
+        self.base_nsr = base_nsr
+        self.groups = {g.gid: g for g in simulator.plan.groups}
+        highest = candidates[-1]
+        simulator.keep_baseline({g: highest for g in self.groups}, max_memory or DEFAULT_MAX_MEMORY)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> GroupMeasurer:
+        ingredients, candidates, base_nsr, max_memory = pickle.loads(payload)
+        return cls(Simulator(*ingredients), candidates, base_nsr, max_memory)
+
+    def __call__(self, gid: int) -> GroupResult:
+        return measure_group(self.simulator, self.groups[gid], self.candidates, self.base_nsr)
+
+
+_measurer: GroupMeasurer | None = None  # one per worker process
+
+
+def _start_worker(payload: bytes) -> None:
+    global _measurer
+    _measurer = GroupMeasurer.from_payload(payload)
+
+
+def _measure_in_worker(gid: int) -> GroupResult:
+    assert _measurer is not None, "worker not started"
+    return _measurer(gid)
+
+
+def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...], candidates: tuple[Candidate, ...],
+                   base_nsr: float, workers: int = 1, max_memory: int | None = None,
+                   progress: Progress | None = None, backend: str = "local") -> list[GroupResult]:
+    """Every group's Phase 1 results, in group order."""
+    if workers <= 1 and backend == "local":
+        measurer = GroupMeasurer(simulator, candidates, base_nsr, max_memory)
+        try:
+            results = []
+            for done, group in enumerate(groups, 1):
+                results.append(measurer(group.gid))
+                _report(progress, done, len(groups), group)
+            return results
+        finally:
+            simulator.drop_baseline()
+    payload = pickle.dumps((simulator.ingredients(), candidates, base_nsr, max_memory))
+    results = (_measure_on_ray if backend == "ray" else _measure_in_processes)(payload, groups, workers, progress)
+    simulator.evaluations += sum(r.evaluations for r in results)
+    return results
+
+
+def _measure_in_processes(payload: bytes, groups: tuple[QuantizerGroup, ...], workers: int,
+                          progress: Progress | None) -> list[GroupResult]:
+    context = multiprocessing.get_context("spawn")  # a fork would copy onnxruntime's threads' state
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                initargs=(payload,)) as pool:
+        futures = {pool.submit(_measure_in_worker, g.gid): g for g in groups}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            _report(progress, done, len(groups), futures[future])
+        by_gid = {futures[f].gid: f.result() for f in futures}
+    return [by_gid[g.gid] for g in groups]
+
+
+def _report(progress: Progress | None, done: int, total: int, group: QuantizerGroup) -> None:
+    if progress:
+        progress(done, total, group.label)
+
+
+def _measure_on_ray(payload: bytes, groups: tuple[QuantizerGroup, ...], workers: int,
+                    progress: Progress | None) -> list[GroupResult]:
+    """The same tasks on Ray actors (``pip install 'onnxmp[ray]'``): joins the cluster named by
+    RAY_ADDRESS when set, else starts a local one."""
+    from onnxmp.errors import ConfigError
+
+    try:
+        import ray
+        from ray.util.actor_pool import ActorPool
+    except ImportError as exc:
+        raise ConfigError("--backend ray needs Ray: pip install 'onnxmp[ray]'") from exc
+    if not ray.is_initialized():
+        ray.init(address=None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    actor = ray.remote(num_cpus=1)(_RayMeasurer)
+    shared = ray.put(payload)
+    pool = ActorPool([actor.remote(shared) for _ in range(max(1, workers))])
+    results = []
+    for done, (group, result) in enumerate(zip(groups, pool.map(lambda a, gid: a.measure.remote(gid),
+                                                                  [g.gid for g in groups]), strict=True), 1):
+        results.append(result)
+        _report(progress, done, len(groups), group)
+    return results
+
+
+class _RayMeasurer:
+    def __init__(self, payload: bytes) -> None:
+        self.measurer = GroupMeasurer.from_payload(payload)
+
+    def measure(self, gid: int) -> GroupResult:
+        return self.measurer(gid)

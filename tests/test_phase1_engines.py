@@ -1,0 +1,101 @@
+"""Phase 1 gives the same sensitivity list however it is computed: whole-graph evaluations,
+partial re-evaluation from cached cut points, worker processes, and the naive way (a fresh
+exported QDQ model and onnxruntime session per group and candidate)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxmp import OptimizeConfig, quant
+from onnxmp.export import export_qdq
+from onnxmp.partial import find_cuts
+from onnxmp.pipeline import analyze
+from onnxmp.session import make_session, run_over, with_outputs
+
+DIGITS = "models/digits/digits_cnn.onnx"
+
+
+def _table(analysis) -> dict:
+    return {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
+
+
+def _naive_db(analysis, candidates) -> dict:
+    """SQNR per (group, candidate) from a freshly exported model and session each time."""
+    highest = candidates[-1]
+    baseline = {g.gid: highest for g in analysis.plan.groups}
+    names = analysis.simulator.observed
+    out = {}
+    for group in analysis.plan.groups:
+        for cand in candidates:
+            model = export_qdq(analysis.model, analysis.plan, analysis.params, {**baseline, group.gid: cand})
+            outputs = run_over(make_session(with_outputs(model, names), optimized=False), analysis.data, names)
+            out[(group.gid, cand)] = quant.sqnr_db(analysis.simulator.reference, outputs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines():
+    base = OptimizeConfig(calib="models/digits/calib.npz", adaround="off", cache_dir=None)
+    return {
+        "whole": analyze(DIGITS, dataclasses.replace(base, max_memory=0)),  # nothing cached: whole graphs
+        "partial": analyze(DIGITS, base),
+        "workers": analyze(DIGITS, dataclasses.replace(base, workers=2)),
+    }
+
+
+def test_partial_and_parallel_phase1_equal_whole_graph_phase1(engines):
+    whole = engines["whole"]
+    for name in ("partial", "workers"):
+        other = engines[name]
+        assert [(s.gid, s.candidate) for s in other.sensitivities] == [(s.gid, s.candidate) for s in whole.sensitivities]
+        assert _table(other) == pytest.approx(_table(whole), rel=1e-5, abs=1e-12), name
+        assert other.params.range_method == whole.params.range_method, name
+        assert other.base_nsr == pytest.approx(whole.base_nsr, rel=1e-6)
+
+
+def test_phase1_equals_naive_exported_models(engines):
+    analysis = engines["partial"]
+    candidates = OptimizeConfig().candidates
+    naive = _naive_db(analysis, candidates)
+    ours = {k: quant.nsr_to_db(v) for k, v in _table(analysis).items()}
+    for key, db in ours.items():
+        if db < 100:  # above that both are float rounding noise
+            assert naive[key] == pytest.approx(db, abs=0.05), key
+    # the same ranking of (group, candidate) by sensitivity
+    order = sorted(ours, key=lambda k: (-ours[k], k[0], k[1]))
+    naive_order = sorted(ours, key=lambda k: (-naive[k], k[0], k[1]))
+    assert order[:10] == naive_order[:10]
+
+
+def test_partial_evaluation_used_cached_cuts(cnn_path):
+    model = onnx.load(str(cnn_path))
+    cuts = find_cuts(model.graph, set(), ["logits"], count=4)
+    assert cuts and all(0 < c.position < len(model.graph.node) for c in cuts)
+    positions = [c.position for c in cuts]
+    assert positions == sorted(set(positions))
+    # every live tensor is made before the cut and read at or after it
+    made = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    for cut in cuts:
+        for name in cut.live:
+            assert made.get(name, -1) < cut.position
+            assert any(name in n.input for n in list(model.graph.node)[cut.position:]) or name == "logits"
+
+
+def test_suffix_evaluation_matches_whole_graph_on_a_late_change(cnn_path):
+    analysis = analyze(str(cnn_path), OptimizeConfig(adaround="off", cache_dir=None, max_memory=0))
+    sim, plan = analysis.simulator, analysis.plan
+    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    baseline = {g.gid: highest for g in plan.groups}
+    late = {**baseline, plan.groups[-1].gid: lowest}
+    whole = sim.outputs(late)
+    sim.keep_baseline(baseline)
+    assert sim.cached_bytes > 0
+    partial = sim.outputs(late)
+    assert len(sim._partial._sessions) == 1  # it ran a suffix, not the whole graph
+    sim.drop_baseline()
+    for a, b in zip(whole, partial, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
