@@ -67,7 +67,7 @@ def _stages(records: list[dict]) -> list[str]:
 
 # Stages whose results come from the cache on a hit (they still report the time spent re-deriving
 # what is not stored: the float reference run, the simulator session).
-_CACHED_STAGES = {"calibrate", "adaround", "ranges", "phase1"}
+_CACHED_STAGES = {"calibrate", "adaround", "phase1"}
 
 
 def _phase_cells(record: dict, stages: list[str]) -> list[str]:
@@ -226,7 +226,7 @@ def _subset_calib(path: str, samples: int | None, folder: str) -> tuple[str, int
     return out, samples, total
 
 
-def run_model(bench, budgets: list[float], samples: int | None, cache_root: str | None) -> str:
+def run_model(bench, budgets: list[float], samples: int | None, cache_root: str | None, workers: int = 1) -> str:
     start_model, state = time.perf_counter(), _git_state()
     # entries: (config, score, sqnr cell, bops cell, memory cell, file, record or None, seconds, mix)
     entries: list[tuple] = []
@@ -267,7 +267,7 @@ def run_model(bench, budgets: list[float], samples: int | None, cache_root: str 
             out = os.path.join(tmp, f"uniform_{cand}.onnx")
             start = time.perf_counter()
             record = optimize(bench.model, out, OptimizeConfig(candidates=parse_candidates(cand), budget=1.0,
-                                                               calib=calib, cache_dir=cache)).record
+                                                               calib=calib, cache_dir=cache, workers=workers)).record
             seconds = time.perf_counter() - start
             # One candidate: the record's baseline is that candidate; restate costs vs all-W8A16
             # (BOPs scale with w·a, memory with w).
@@ -282,7 +282,8 @@ def run_model(bench, budgets: list[float], samples: int | None, cache_root: str 
             out = os.path.join(tmp, f"mixed_{budget}.onnx")
             start = time.perf_counter()
             record = optimize(bench.model, out, OptimizeConfig(candidates=parse_candidates(MIXED_CANDIDATES),
-                                                               budget=budget, calib=calib, cache_dir=cache)).record
+                                                               budget=budget, calib=calib, cache_dir=cache,
+                                                               workers=workers)).record
             seconds = time.perf_counter() - start
             base, chosen = record["baseline"], record["chosen"]
             bops, memory = chosen["bops"] / base["bops"], chosen["memory_bytes"] / base["memory_bytes"]
@@ -309,7 +310,7 @@ def run_model(bench, budgets: list[float], samples: int | None, cache_root: str 
                f"{', '.join(f'`{n}`' for n in names)}"
                + ("" if prepared_names == names else
                   f" (in onnxmp's prepared graph: {', '.join(f'`{n}`' for n in prepared_names)})")
-               + f". onnxmp at {state}. "
+               + f". onnxmp at {state}, --workers {workers}. "
                f"Whole section (evaluations included) measured in {elapsed:.0f} s.")
     if note:
         caption += f" Peer SQNR {note}."
@@ -351,7 +352,7 @@ def _preamble(budgets: list[float]) -> str:
         "w/8). ⁿ nominal W8A8 cost: every weighted op of the peer has int8 weights. **KiB**: file size. "
         "**stage seconds** (load, calibrate, ..., export): onnxmp's `timings_s`, every stage it reports; all "
         "budgets of one model share one results cache, so after the first budget the calibration statistics, "
-        "AdaRound, the range selection and Phase 1 are `cached` (the number in brackets is what is still "
+        "AdaRound and Phase 1 (which also chooses the activation ranges) are `cached` (the number in brackets is what is still "
         "recomputed: the float reference run, the simulator session). **total s**: the whole optimize (or "
         "quantize_static) call, evaluation excluded. "
         f"Sections of models run separately keep their own caption (samples, run time).\n"
@@ -378,6 +379,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.35,0.5,0.75")
     parser.add_argument("--samples", type=int, default=None, help="calibrate on the first N samples only")
     parser.add_argument("--cache-dir", default=None, help="results cache to use (default: a fresh temporary one)")
+    parser.add_argument("--workers", type=int, default=1, help="onnxmp --workers (default 1)")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     benches = bench_models(args.models)
@@ -387,7 +389,7 @@ def main() -> None:
             parser.error(f"unknown or unprepared model(s): {', '.join(sorted(unknown))}")
     sections = {}
     for bench in benches:
-        sections[bench.name] = run_model(bench, budgets, args.samples, args.cache_dir)
+        sections[bench.name] = run_model(bench, budgets, args.samples, args.cache_dir, args.workers)
     text = _merge(sections, [b.name for b in bench_models()], budgets)
     os.makedirs(os.path.dirname(RESULT), exist_ok=True)
     with open(RESULT, "w", encoding="utf-8") as handle:

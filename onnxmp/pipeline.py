@@ -173,7 +173,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         with _timed(timings, "adaround"):
             rounding = apply_adaround(model, plan, params, data, bits,
                                       AdaRoundConfig(iterations=config.adaround_iterations), cache,
-                                      _stage_progress(progress, "adaround"))
+                                      _stage_progress(progress, "adaround"), config.workers)
     simulator = Simulator(model, plan, params, data, reference)
     with _timed(timings, "phase1"):
         if hit:

@@ -28,6 +28,7 @@ from onnxmp.errors import ConfigError
 from onnxmp.groups import QuantPlan, WeightedOp
 from onnxmp.params import QuantParams
 from onnxmp.session import make_session, with_outputs
+from onnxmp.workers import parallel_map
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def capture_grams(model: onnx.ModelProto, ops: list[WeightedOp], data: Calibrati
 
 def apply_adaround(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams, data: CalibrationSet,
                    bits: tuple[int, ...], config: AdaRoundConfig, cache: ResultsCache,
-                   progress: Callable[[int, int, str], None] | None = None) -> RoundingReport:
-    """AdaRound every weighted layer at every bit-width in ``bits``; in place on ``params``."""
+                   progress: Callable[[int, int, str], None] | None = None, workers: int = 1) -> RoundingReport:
+    """AdaRound every weighted layer at every bit-width in ``bits``; in place on ``params``.
+    Layers are independent, so ``workers`` processes share them (same result)."""
     start = time.perf_counter()
     ops = list({op.weight: op for op in reversed(plan.weighted_ops)}.values())[::-1]  # one per weight
     index = {op.weight: i for i, op in enumerate(ops)}
@@ -96,10 +98,10 @@ def apply_adaround(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     grams = capture_grams(model, list({op.node: op for op, _ in todo}.values()), data, config.max_rows) if todo else {}
     nodes = {n.name: n for n in model.graph.node}
     results = dict(stored)
-    for done, (op, b) in enumerate(todo, 1):
-        scale = params.weight(op, b).scale  # nearest-rounding parameters: the scale AdaRound keeps
-        q = adaround_layer(params.float_weight(op.weight), scale, op.axis, b, grams[op.node], op.op_type,
-                           _attrs(nodes[op.node]), config)
+    # the scale of nearest rounding is the one AdaRound keeps
+    jobs = [(params.float_weight(op.weight), params.weight(op, b).scale, op.axis, b, grams[op.node], op.op_type,
+             _attrs(nodes[op.node]), config) for op, b in todo]
+    for done, ((op, b), q) in enumerate(zip(todo, parallel_map(adaround_layer, jobs, workers), strict=True), 1):
         results[f"w{index[op.weight]}_b{b}"] = q
         if progress:
             progress(done, len(todo), f"{op.node} W{b}")

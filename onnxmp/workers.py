@@ -1,4 +1,5 @@
-"""Phase 1 in this process or spread over processes: local ones (``--workers``) or a Ray cluster.
+"""Work spread over processes: Phase 1 over local ones (``--workers``) or a Ray cluster, AdaRound
+layers over local ones.
 
 Each worker builds its own simulator from the same ingredients and measures whole groups;
 ``sensitivity.measure_group`` depends only on the group, so the results are the same whatever
@@ -8,9 +9,13 @@ process measured what, and in whatever order.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from onnxmp.candidates import Candidate
 from onnxmp.groups import QuantizerGroup
@@ -21,6 +26,7 @@ from onnxmp.simulate import Simulator
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
+T = TypeVar("T")
 
 
 class GroupMeasurer:
@@ -79,14 +85,44 @@ def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...], can
 
 def _measure_in_processes(payload: bytes, groups: tuple[QuantizerGroup, ...], workers: int,
                           progress: Progress | None) -> list[GroupResult]:
-    context = multiprocessing.get_context("spawn")  # a fork would copy onnxruntime's threads' state
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                                initargs=(payload,)) as pool:
+    with process_pool(workers, _start_worker, (payload,)) as pool:
         futures = {pool.submit(_measure_in_worker, g.gid): g for g in groups}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             _report(progress, done, len(groups), futures[future])
         by_gid = {futures[f].gid: f.result() for f in futures}
     return [by_gid[g.gid] for g in groups]
+
+
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+@contextlib.contextmanager
+def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Iterator[concurrent.futures.Executor]:
+    """Spawned worker processes (a fork would copy onnxruntime's thread state), each with one
+    BLAS thread: the processes are the parallelism."""
+    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=initializer, initargs=initargs) as pool:
+            yield pool
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def parallel_map(fn: Callable[..., T], jobs: list[tuple], workers: int) -> Iterator[T]:
+    """``fn(*job)`` for every job, in order, in this process or in ``workers`` processes."""
+    if workers <= 1:
+        yield from (fn(*job) for job in jobs)
+        return
+    with process_pool(workers) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        for future in futures:
+            yield future.result()
 
 
 def _report(progress: Progress | None, done: int, total: int, group: QuantizerGroup) -> None:

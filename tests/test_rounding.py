@@ -47,3 +47,13 @@ def test_adaround_results_are_cached(cnn_path, tmp_path):
     # Other AdaRound settings are another cache entry.
     third = optimize(str(cnn_path), None, _config(tmp_path, cache_dir=cache, adaround="off")).record
     assert third["adaround"] is None and not third["cache"]["hit"]
+
+
+def test_adaround_and_phase1_in_worker_processes_give_the_same_model(cnn_path, tmp_path):
+    one = tmp_path / "one.onnx"
+    two = tmp_path / "two.onnx"
+    first = optimize(str(cnn_path), str(one), _config(tmp_path, budget=0.4)).record
+    second = optimize(str(cnn_path), str(two), _config(tmp_path, budget=0.4, workers=2)).record
+    assert second["adaround"]["optimised"] == first["adaround"]["optimised"] == 6
+    assert one.read_bytes() == two.read_bytes()
+    assert second["chosen"] == first["chosen"]
