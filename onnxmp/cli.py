@@ -19,6 +19,7 @@ from onnxmp.errors import OnnxmpError
 from onnxmp.evaluate import load_user_evaluator
 from onnxmp.partial import DEFAULT_MAX_MEMORY
 from onnxmp.pipeline import OptimizeConfig, analyze, optimize
+from onnxmp.targets import TARGETS, get_target
 from onnxmp.workers import BACKENDS
 
 
@@ -45,21 +46,29 @@ def parse_size(text: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", help=".npz keyed by input name (samples on axis 0), or a folder of them; "
                                    "default: calib.npz beside the model, else random inputs (warned)")
-    p.add_argument("--candidates", default=DEFAULT_CANDIDATES,
-                   help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES})")
+    p.add_argument("--candidates", default=None,
+                   help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES}, or what the "
+                        "--target runs)")
     ada = p.add_mutually_exclusive_group()
     ada.add_argument("--adaround", dest="adaround", action="store_const", const="on",
                      help="AdaRound every weight bit-width below 16 (default: only below 8)")
     ada.add_argument("--no-adaround", dest="adaround", action="store_const", const="off",
                      help="round weights to nearest only")
     p.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer (default 1000)")
+    p.add_argument("--target", choices=TARGETS, default="ort",
+                   help="deployment target: ort (default), qnn-htp (Qualcomm HTP, pip install 'onnxmp[qnn]') or "
+                        "openvino (pip install 'onnxmp[openvino]'); the search keeps to what it runs, and the "
+                        "output is checked on it")
+    p.add_argument("--fix-dims", help="values for symbolic dimensions, e.g. batch=1,seq=128 (static-shape targets "
+                                      "fix the rest from the calibration data)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for Phase 1 and AdaRound (default 1; results do not depend on it)")
     p.add_argument("--backend", choices=BACKENDS, default="local",
                    help="where the workers run: local processes, or Ray (pip install 'onnxmp[ray]'; "
                         "joins RAY_ADDRESS when set)")
     p.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY,
-                   help="memory for cached activations in Phase 1, e.g. 512M or 4G (default 2G); "
+                   help="memory for cached activations in Phase 1, shared by the workers, e.g. 512M or 4G "
+                        "(default 2G); "
                         "less memory means more recomputation, never a different result")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
@@ -148,7 +157,9 @@ def _sensitivity_table(analysis, top: int) -> str:
 
 def _config(args: argparse.Namespace) -> OptimizeConfig:
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    common = {"candidates": parse_candidates(args.candidates), "calib": args.calib, "cache_dir": cache,
+    candidates = args.candidates or get_target(args.target).default_candidates
+    common = {"candidates": parse_candidates(candidates), "calib": args.calib, "cache_dir": cache,
+              "target": args.target, "fix_dims": args.fix_dims,
               "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters,
               "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory}
     if args.command == "analyze":

@@ -39,8 +39,10 @@ from onnxmp.rounding import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.sensitivity import Sensitivity, sensitivity_list
 from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
+from onnxmp.shapes import fix_symbolic_dims, parse_fixed_dims
 from onnxmp.simulate import Assignment, Simulator
 from onnxmp.target import TargetDrop, binary_search, interpolation_search
+from onnxmp.targets import get_target
 from onnxmp.workers import BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class OptimizeConfig:
     workers: int = 1  # processes for Phase 1 and AdaRound (same results as one)
     backend: str = "local"  # where workers run: "local" processes or "ray"
     max_memory: int = DEFAULT_MAX_MEMORY  # bytes of activations Phase 1 may cache
+    target: str = "ort"  # deployment target profile (onnxmp.targets)
+    fix_dims: str | None = None  # "name=value,..." for symbolic dimensions of the output model
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -85,6 +89,8 @@ class OptimizeConfig:
         if not self.candidates:
             raise ConfigError("no candidates given")
         adaround_bits(self.candidates, self.adaround)
+        get_target(self.target)
+        parse_fixed_dims(self.fix_dims)
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.backend not in BACKENDS:
@@ -118,6 +124,7 @@ class Analysis:
     cache_hit: bool
     timings: dict[str, float]
     rounding: RoundingReport | None
+    allowed: dict[int, tuple[Candidate, ...]]  # per group, the candidates the target allows
 
 
 @contextlib.contextmanager
@@ -155,7 +162,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
-    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__,
+    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__, "target": config.target,
                "adaround_bits": list(bits), "adaround_iterations": config.adaround_iterations if bits else None}
     cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
     cached = cache.load_json("phase1.json")
@@ -164,6 +171,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         reuse = cached is not None and arrays is not None
         calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
         plan = _keep_non_finite_float(model, plan, calibration)
+        allowed = get_target(config.target).group_candidates(plan, config.candidates)
         hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
         reference = run_over(make_session(with_outputs(model, observed)), data, observed)
@@ -183,11 +191,11 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
             phase1 = sensitivity_list(simulator, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
-                                      config.workers, config.max_memory, config.backend)
+                                      config.workers, config.max_memory, config.backend, allowed)
             base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
-                    cache, hit, timings, rounding)
+                    cache, hit, timings, rounding, allowed)
 
 
 def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration) -> QuantPlan:
@@ -236,9 +244,11 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         costs = CostModel.build(plan, analysis.calibration, sizes)
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
-        curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost)
+        curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,
+                             analysis.allowed)
         measured = _measure_curve(simulator, curve, config.measured_points)
-        uniform = {str(c): _uniform_point(simulator, costs, plan, c, config.metric) for c in config.candidates}
+        uniform = {str(c): _uniform_point(simulator, costs, analysis.allowed, c, config.metric)
+                   for c in config.candidates}
     target_record = None
     if config.target_drop is not None:
         with _timed(timings, "target search"):
@@ -246,15 +256,23 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         chosen_nsr = simulator.nsr(choice.assignment)
     else:
         greedy = choose_for_budget(curve, config.budget, table, group_cost)
-        choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, plan, config, group_cost)
+        choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
+                                                 group_cost)
     with _timed(timings, "export"):
         qdq = _export(analysis, choice.assignment)
         shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
+    profile = get_target(config.target)
+    if profile.static_shapes or config.fix_dims:
+        qdq = fix_symbolic_dims(qdq, analysis.data, parse_fixed_dims(config.fix_dims))
+    on_target = None
+    if profile.verify is not None:
+        with _timed(timings, "verify on target"):
+            on_target = _verify_on_target(profile, qdq, analysis, simulator)
     record = build_record(
         input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
-        evaluations=simulator.evaluations, target=target_record,
+        evaluations=simulator.evaluations, target=target_record, on_target=on_target,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
         adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
                                                           "seconds_per_layer": analysis.rounding.seconds_per_layer},
@@ -269,7 +287,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
 
 
 def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice, measured: dict[int, float],
-                        uniform: dict[str, dict], plan: QuantPlan, config: OptimizeConfig, group_cost
+                        uniform: dict[str, dict], allowed: dict, config: OptimizeConfig, group_cost
                         ) -> tuple[Choice, float]:
     """The budget choice, unless a measured curve point or uniform assignment within the budget
     measured better: Phase 1's additive-noise estimate can be wrong where noises interact, and
@@ -277,7 +295,7 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
     baseline_cost = curve.points[0].cost or 1.0
     best = (simulator.nsr(choice.assignment), choice)
     options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
-    options += [(uniform[str(c)]["nsr"], {g.gid: c for g in plan.groups}, -1) for c in config.candidates]
+    options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates]
     for nsr, assignment, index in options:
         cost = sum(group_cost(g, c) for g, c in assignment.items())
         if cost <= config.budget * baseline_cost * (1 + 1e-9) and nsr < best[0]:
@@ -285,6 +303,22 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
                         "curve" if index >= 0 else "uniform", quant.nsr_to_db(nsr), quant.nsr_to_db(best[0]))
             best = (nsr, Choice(assignment, cost, cost / baseline_cost, nsr, index, True))
     return best[1], best[0]
+
+
+def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulator: Simulator) -> dict:
+    """Run the exported model where it will be deployed; refuse when the profile's promise (every
+    quantized op runs on the target) is broken there."""
+    with tempfile.TemporaryDirectory(prefix="onnxmp-target-") as folder:
+        report = profile.verify(qdq, analysis.data, simulator.observed, simulator.reference, folder)
+    logger.info("on %s: %s", profile.name, {k: v for k, v in report.items() if not isinstance(v, list)})
+    if not report["promise_kept"] and profile.name == "qnn-htp":
+        first = report["fallback"][0]
+        raise ModelError(f"--target {profile.name}: {len(report['fallback'])} quantized node(s) fall back to the CPU, "
+                         f"e.g. {first['node']} ({first['op_type']}): {first['reason'] or 'no reason given'}")
+    if not report["promise_kept"]:
+        logger.warning("on %s, %d weighted layer(s) do not run in integer precision: %s", profile.name,
+                       len(report.get("not_integer", [])), ", ".join(report.get("not_integer", [])[:5]))
+    return report
 
 
 def _export(analysis: Analysis, assignment: Assignment) -> onnx.ModelProto:
@@ -360,9 +394,14 @@ def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict
     return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({round(i) for i in spread})}
 
 
-def _uniform_point(simulator: Simulator, costs: CostModel, plan: QuantPlan, cand: Candidate, metric: str) -> dict:
+def uniform_assignment(allowed: dict[int, tuple[Candidate, ...]], cand: Candidate) -> dict[int, Candidate]:
+    """Every group at ``cand``; where the target does not allow it, at the group's highest."""
+    return {gid: cand if cand in options else options[-1] for gid, options in allowed.items()}
+
+
+def _uniform_point(simulator: Simulator, costs: CostModel, allowed: dict, cand: Candidate, metric: str) -> dict:
     """Cost and simulated SQNR with every group at one candidate (the uniform baselines)."""
-    assignment = {g.gid: cand for g in plan.groups}
+    assignment = uniform_assignment(allowed, cand)
     nsr = simulator.nsr(assignment)
     return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": quant.nsr_to_db(nsr)}
 

@@ -26,7 +26,8 @@ def _group_entry(group, cand, costs) -> dict:
 
 
 def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, curve, choice, chosen_nsr,
-                 measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround) -> dict:
+                 measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround,
+                 on_target=None) -> dict:
     """Everything a user needs to trust (or question) the result, as plain JSON types."""
     assignment = choice.assignment
     baseline_cost = curve.points[0].cost or 1.0
@@ -72,6 +73,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
                    "weighted_ops": len(plan.weighted_ops), "phase1_evaluations": sum(s.evaluated for s in sensitivities),
                    "simulator_evaluations": evaluations},
         "target": target,
+        "deployment_target": {"name": config.target, "fixed_dims": config.fix_dims, "verification": on_target},
         "adaround": adaround,
         "cache": cache,
         "timings_s": timings,

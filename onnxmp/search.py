@@ -61,15 +61,16 @@ def group_ladder(gid: int, candidates: tuple[Candidate, ...], nsr: dict[tuple[in
 
 
 def pareto_curve(gids: list[int], candidates: tuple[Candidate, ...], nsr: dict[tuple[int, Candidate], float],
-                 base_nsr: float, cost: CostFn) -> ParetoCurve:
+                 base_nsr: float, cost: CostFn, allowed: dict[int, tuple[Candidate, ...]] | None = None) -> ParetoCurve:
     """The greedy curve from all-highest down to the cheapest reachable assignment.
 
     ``cost(gid, cand)`` is the group's cost at a candidate; ``nsr[(gid, cand)]`` its Phase 1
-    noise-to-signal ratio. A measurement below the baseline (a lower bit-width that happened to
-    cancel other noise) counts as adding no noise, so the estimate never improves by quantizing.
+    noise-to-signal ratio; ``allowed[gid]`` narrows a group's candidates (a target's rules). A
+    measurement below the baseline (a lower bit-width that happened to cancel other noise) counts
+    as adding no noise, so the estimate never improves by quantizing.
     """
     nsr = {key: max(value, base_nsr) for key, value in nsr.items()}
-    ladders = {g: group_ladder(g, candidates, nsr, cost) for g in gids}
+    ladders = {g: group_ladder(g, (allowed or {}).get(g, candidates), nsr, cost) for g in gids}
     position = {g: 0 for g in gids}
     start = {g: ladders[g][0] for g in gids}
     baseline_cost = sum(cost(g, start[g]) for g in gids) or 1.0

@@ -159,15 +159,17 @@ def collect(base_nsr: float, results: list[GroupResult]) -> Phase1:
 
 def sensitivity_list(simulator: Simulator, groups: tuple[QuantizerGroup, ...], candidates: tuple[Candidate, ...],
                      progress: Progress | None = None, workers: int = 1, max_memory: int | None = None,
-                     backend: str = "local") -> Phase1:
+                     backend: str = "local", allowed: dict[int, tuple[Candidate, ...]] | None = None) -> Phase1:
     """Phase 1 over every group, in this process or in ``workers`` processes (same result).
-    Leaves each activation's chosen range method in ``simulator.params``."""
+    ``allowed``: per group, the candidates the target allows (default: all; each includes the
+    most expensive one). Leaves each activation's chosen range method in ``simulator.params``."""
     from onnxmp.workers import measure_groups  # the worker module imports this one
 
     reset_ranges(simulator.params, groups, candidates)
     highest = candidates[-1]
     base_nsr = simulator.nsr({g.gid: highest for g in groups})
-    results = measure_groups(simulator, groups, candidates, base_nsr, workers, max_memory, progress, backend)
+    allowed = allowed or {g.gid: candidates for g in groups}
+    results = measure_groups(simulator, groups, allowed, base_nsr, workers, max_memory, progress, backend)
     phase1 = collect(base_nsr, results)
     simulator.params.range_method.update(phase1.range_method)
     counts = {m: sum(v == m for v in phase1.range_method.values()) for m in RANGE_METHODS}

@@ -32,22 +32,22 @@ T = TypeVar("T")
 class GroupMeasurer:
     """A simulator holding the baseline's cut cache, measuring one group per call."""
 
-    def __init__(self, simulator: Simulator, candidates: tuple[Candidate, ...], base_nsr: float,
+    def __init__(self, simulator: Simulator, allowed: dict[int, tuple[Candidate, ...]], base_nsr: float,
                  max_memory: int | None) -> None:
         self.simulator = simulator
-        self.candidates = candidates
+        self.allowed = allowed
         self.base_nsr = base_nsr
         self.groups = {g.gid: g for g in simulator.plan.groups}
-        highest = candidates[-1]
+        highest = next(iter(allowed.values()))[-1]
         simulator.keep_baseline({g: highest for g in self.groups}, max_memory or DEFAULT_MAX_MEMORY)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> GroupMeasurer:
-        ingredients, candidates, base_nsr, max_memory = pickle.loads(payload)
-        return cls(Simulator(*ingredients), candidates, base_nsr, max_memory)
+        ingredients, allowed, base_nsr, max_memory = pickle.loads(payload)
+        return cls(Simulator(*ingredients), allowed, base_nsr, max_memory)
 
     def __call__(self, gid: int) -> GroupResult:
-        return measure_group(self.simulator, self.groups[gid], self.candidates, self.base_nsr)
+        return measure_group(self.simulator, self.groups[gid], self.allowed[gid], self.base_nsr)
 
 
 _measurer: GroupMeasurer | None = None  # one per worker process
@@ -63,12 +63,12 @@ def _measure_in_worker(gid: int) -> GroupResult:
     return _measurer(gid)
 
 
-def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...], candidates: tuple[Candidate, ...],
-                   base_nsr: float, workers: int = 1, max_memory: int | None = None,
+def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...],
+                   allowed: dict[int, tuple[Candidate, ...]], base_nsr: float, workers: int = 1, max_memory: int | None = None,
                    progress: Progress | None = None, backend: str = "local") -> list[GroupResult]:
-    """Every group's Phase 1 results, in group order."""
+    """Every group's Phase 1 results, in group order (``allowed``: each group's candidates)."""
     if workers <= 1 and backend == "local":
-        measurer = GroupMeasurer(simulator, candidates, base_nsr, max_memory)
+        measurer = GroupMeasurer(simulator, allowed, base_nsr, max_memory)
         try:
             results = []
             for done, group in enumerate(groups, 1):
@@ -77,7 +77,8 @@ def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...], can
             return results
         finally:
             simulator.drop_baseline()
-    payload = pickle.dumps((simulator.ingredients(), candidates, base_nsr, max_memory))
+    share = (max_memory if max_memory is not None else DEFAULT_MAX_MEMORY) // max(1, workers)  # a total budget
+    payload = pickle.dumps((simulator.ingredients(), allowed, base_nsr, share))
     results = (_measure_on_ray if backend == "ray" else _measure_in_processes)(payload, groups, workers, progress)
     simulator.evaluations += sum(r.evaluations for r in results)
     return results

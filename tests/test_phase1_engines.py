@@ -99,3 +99,18 @@ def test_suffix_evaluation_matches_whole_graph_on_a_late_change(cnn_path):
     sim.drop_baseline()
     for a, b in zip(whole, partial, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_ray_backend_gives_the_same_list(engines):
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra onnxmp[ray]; not installed here")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        config = OptimizeConfig(calib="models/digits/calib.npz", adaround="off", cache_dir=None, workers=2,
+                                backend="ray")
+        on_ray = analyze(DIGITS, config)
+    finally:
+        ray.shutdown()
+    whole = engines["whole"]
+    assert [(s.gid, s.candidate) for s in on_ray.sensitivities] == [(s.gid, s.candidate) for s in whole.sensitivities]
+    assert _table(on_ray) == pytest.approx(_table(whole), rel=1e-5, abs=1e-12)
+    assert on_ray.params.range_method == whole.params.range_method

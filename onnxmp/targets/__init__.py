@@ -1,0 +1,122 @@
+"""Deployment targets: what each edge toolchain accepts, and a check of the output on it.
+
+A profile says which candidates each op type may take on the target, whether the target needs
+static shapes, and how to verify an exported model there (``verify``: how many nodes run on the
+target, which fall back and why, and the output SQNR as the target computes it). Phase 1 and
+Phase 2 search only within what the profile allows.
+
+To add a target: a module here with a ``PROFILE = TargetProfile(...)`` and a ``verify`` function
+(import its runtime inside, so the core install stays light), then one line in ``_MODULES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from onnxmp import quant
+from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate
+from onnxmp.data import CalibrationSet
+from onnxmp.errors import ConfigError
+from onnxmp.groups import QuantPlan
+
+_MODULES = {"ort": "onnxmp.targets.ort", "qnn-htp": "onnxmp.targets.qnn_htp", "openvino": "onnxmp.targets.openvino"}
+TARGETS = tuple(_MODULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProfile:
+    """What a target runs quantized. ``weight_bits[op_type]`` lists the weight bit-widths a
+    weighted op may take (op types not listed: ``default_weight_bits``); ``activation_bits``
+    the activation bit-widths any quantizer may take."""
+
+    name: str
+    summary: str
+    default_weight_bits: frozenset[int]
+    activation_bits: frozenset[int]
+    weight_bits: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)
+    default_candidates: str = DEFAULT_CANDIDATES  # what the CLI searches when --candidates is not given
+    static_shapes: bool = False  # the toolchain refuses symbolic dimensions
+    mixed_activation_bits: bool = True  # False: every activation takes the most expensive candidate's bits
+    extra: str | None = None  # pip extra with the target's runtime
+    verify: Callable | None = None  # verify(model_path, data, observed, reference) -> dict
+
+    def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
+        if cand.a_bits not in self.activation_bits:
+            return False
+        if not self.mixed_activation_bits and highest is not None and cand.a_bits != highest.a_bits:
+            return False
+        return all(cand.w_bits in self.weight_bits.get(t, self.default_weight_bits) for t in op_types)
+
+    def group_candidates(self, plan: QuantPlan, candidates: tuple[Candidate, ...]) -> dict[int, tuple[Candidate, ...]]:
+        """Per group, the candidates the target allows (same order). Refuses when the most
+        expensive candidate is not allowed everywhere: Phase 1 measures against it."""
+        op_types = {op.weight: set() for op in plan.weighted_ops}
+        for op in plan.weighted_ops:
+            op_types[op.weight].add(op.op_type)
+        allowed = {}
+        for group in plan.groups:
+            types = set().union(*(op_types[w] for w in group.weights)) if group.weights else set()
+            allowed[group.gid] = tuple(c for c in candidates if self.allows(types, c, candidates[-1]))
+            if candidates[-1] not in allowed[group.gid]:
+                raise ConfigError(
+                    f"--target {self.name} does not run {candidates[-1]} on {', '.join(sorted(types)) or 'activations'} "
+                    f"({group.label}); use candidates whose most expensive one it allows everywhere "
+                    f"({self.summary})")
+        return allowed
+
+
+def runtime_missing(target: str, extra: str, exc: ImportError) -> ConfigError:
+    return ConfigError(f"--target {target} needs its runtime, which is not installed ({exc}); "
+                       f"install it with: pip install 'onnxmp[{extra}]'")
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Lines a native library writes to file descriptor 2 meanwhile (runtimes log there, not
+    through Python); the list is filled when the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+def single_samples(data: CalibrationSet) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of one sample each, batch axis kept (static-shape models take batch 1)."""
+    for feeds in data.feeds():
+        if not data.batched:
+            yield feeds
+            continue
+        for i in range(len(next(iter(feeds.values())))):
+            yield {name: value[i:i + 1] for name, value in feeds.items()}
+
+
+def sqnr_of_runs(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], data: CalibrationSet,
+                 reference: list[np.ndarray]) -> float:
+    """Output SQNR (dB) of ``run`` over every sample against the float reference."""
+    chunks: list[list[np.ndarray]] = [[] for _ in reference]
+    for feeds in single_samples(data):
+        for store, value in zip(chunks, run(feeds), strict=True):
+            store.append(np.asarray(value, dtype=np.float32).reshape(-1))
+    return quant.sqnr_db(reference, [np.concatenate(c) for c in chunks])
+
+
+def get_target(name: str) -> TargetProfile:
+    if name not in _MODULES:
+        raise ConfigError(f"unknown --target {name!r}; use one of {', '.join(TARGETS)}")
+    return importlib.import_module(_MODULES[name]).PROFILE

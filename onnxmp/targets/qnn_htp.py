@@ -1,0 +1,137 @@
+"""Qualcomm's HTP (Hexagon NPU) through onnxruntime's QNN execution provider (``onnxmp[qnn]``).
+
+Rules learned from the backend itself (``onnxruntime-qnn`` 2.7.0, HTP emulated on x86-64): a
+static-shape QDQ model at W8A8, W4A8, W8A16 or W4A16 runs entirely on HTP (Conv, Gemm, MatMul,
+Add, Concat, pooling, LayerNormalization, Softmax; the graph-input QuantizeLinear and
+graph-output DequantizeLinear stay on the CPU by design); 16-bit weights are refused
+("QNN.backendValidateOpConfig() failed ... FullyConnected"), and a symbolic dimension makes every
+node fall back ("Cannot get shape"). Weight bit-widths mix freely (W4A8 with W8A8, W4A16 with
+W8A16 run entirely on HTP), but a model mixing 8 and 16-bit activations leaves the weight and bias
+DequantizeLinear of the layers at the boundaries on the CPU (measured on the digits CNN: 8 of 11
+nodes), or fails to load (an NHWC Conv no EP takes); onnxruntime's own QNN mixed-precision flow
+inserts conversion ops there, which onnxmp's export does not yet write. So: weights 4 or 8 bits,
+one activation bit-width per model (8 or 16; 16 by default), static shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import onnx
+
+from onnxmp.data import CalibrationSet
+from onnxmp.errors import ModelError
+from onnxmp.session import with_outputs
+from onnxmp.targets import TargetProfile, captured_stderr, runtime_missing, single_samples, sqnr_of_runs
+
+logger = logging.getLogger(__name__)
+
+EP = "QNNExecutionProvider"
+_REASON = re.compile(r"node `?([^`\s]+)`?(?: of type `?([^`\s]+)`?)?(.*)$")
+
+
+def _runtime():
+    try:
+        import onnxruntime as ort
+        import onnxruntime_qnn
+    except ImportError as exc:
+        raise runtime_missing("qnn-htp", "qnn", exc) from exc
+    if not any(d.ep_name == EP for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(EP, onnxruntime_qnn.get_library_path())
+    return ort, onnxruntime_qnn
+
+
+def htp_session(model: onnx.ModelProto, profile_prefix: str | None = None):
+    """A session on the HTP backend (CPU fallback allowed), and the backend's log lines."""
+    ort, qnn = _runtime()
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == EP]
+    options = ort.SessionOptions()
+    options.add_provider_for_devices(devices, {"backend_path": qnn.get_qnn_htp_path()})
+    options.log_severity_level = 2  # warnings carry the backend's validation failures
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    with captured_stderr() as lines:
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), options)
+        except Exception as exc:
+            raise ModelError(f"the QNN HTP backend cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+    return session, lines
+
+
+def _fallback_reasons(lines: list[str]) -> dict[str, str]:
+    """Node name → the backend's message, from its warnings."""
+    reasons: dict[str, str] = {}
+    for line in lines:
+        if "qnn" not in line.lower() and "Cannot get shape" not in line:
+            continue
+        text = re.sub(r"^.*?\] ", "", re.sub(r"\x1b\[[0-9;]*m", "", line)).strip()
+        match = _REASON.search(text)
+        if match:
+            reasons.setdefault(match.group(1), text)
+    return reasons
+
+
+def placement(model: onnx.ModelProto, feeds: dict[str, np.ndarray], folder: str) -> tuple[list[dict], int, list[str]]:
+    """(nodes that ran on the CPU with op type and the backend's reason, HTP partitions, log lines)."""
+    session, lines = htp_session(model, os.path.join(folder, "qnn_profile"))
+    session.run(None, feeds)
+    with open(session.end_profiling(), encoding="utf-8") as handle:
+        events = json.load(handle)
+    reasons = _fallback_reasons(lines)
+    cpu, partitions = [], 0
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        name, provider = event["name"][: -len("_kernel_time")], event["args"].get("provider")
+        if provider == EP:
+            partitions += 1
+        else:
+            cpu.append({"node": name, "op_type": event["args"].get("op_type", ""), "reason": reasons.get(name, "")})
+    return cpu, partitions, lines
+
+
+def _by_design(entry: dict, model: onnx.ModelProto) -> bool:
+    """Graph-input QuantizeLinear and graph-output DequantizeLinear run on the CPU by design."""
+    inputs = {i.name for i in model.graph.input}
+    outputs = {o.name for o in model.graph.output}
+    node = next((n for n in model.graph.node if n.name == entry["node"]), None)
+    if node is None:
+        return False
+    return ((node.op_type == "QuantizeLinear" and node.input[0] in inputs)
+            or (node.op_type == "DequantizeLinear" and node.output[0] in outputs))
+
+
+def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], reference: list[np.ndarray],
+           folder: str) -> dict:
+    """Where the exported model runs on HTP, and its output SQNR as HTP computes it."""
+    probe = with_outputs(model, observed)
+    first = next(iter(single_samples(data)))
+    cpu, partitions, _ = placement(probe, first, folder)
+    unexpected = [c for c in cpu if not _by_design(c, probe)]
+    session, _ = htp_session(probe)
+    sqnr = sqnr_of_runs(lambda feeds: session.run(observed, feeds), data, reference)
+    return {
+        "target": "qnn-htp", "nodes": len(model.graph.node), "htp_partitions": partitions,
+        "on_target": len(probe.graph.node) - len(cpu), "on_cpu": len(cpu),
+        "fallback": unexpected, "cpu_by_design": [c["node"] for c in cpu if _by_design(c, probe)],
+        "sqnr_db": sqnr, "promise_kept": not unexpected,
+    }
+
+
+PROFILE = TargetProfile(
+    name="qnn-htp",
+    summary="Qualcomm HTP runs 4 and 8-bit weights with 8 or 16-bit activations (one width per model), "
+            "static shapes only",
+    default_weight_bits=frozenset({4, 8}),
+    activation_bits=frozenset({8, 16}),
+    default_candidates="W4A16,W8A16",
+    static_shapes=True,
+    mixed_activation_bits=False,
+    extra="qnn",
+    verify=verify,
+)

@@ -1,0 +1,164 @@
+"""--target profiles: the search keeps to what the target runs, and the output is verified on the
+target's own runtime (Qualcomm HTP through onnxruntime-qnn, OpenVINO's CPU plugin)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp.cli import main
+from onnxmp.data import CalibrationSet
+from onnxmp.errors import ConfigError
+from onnxmp.groups import find_quantizers
+from onnxmp.loader import prepare_model
+from onnxmp.session import make_session
+from onnxmp.shapes import fix_symbolic_dims, parse_fixed_dims
+from onnxmp.targets import get_target
+
+DIGITS = "models/digits/digits_cnn.onnx"
+HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_qnn = pytest.mark.skipif(not HAS_QNN, reason="the qnn extra is not installed: pip install 'onnxmp[qnn]'")
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO,
+                                    reason="the openvino extra is not installed: pip install 'onnxmp[openvino]'")
+
+
+def transformer_block(dim: int = 16, length: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """LayerNormalization, Q/K/V MatMuls on constant weights, QK^T, Softmax, attention-weighted V,
+    output projection, residual Add (random weights: a shape, not a trained model)."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1, name="ln"),
+        helper.make_node("MatMul", ["h", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["h", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["h", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="k_t"),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Mul", ["s", "scale"], ["scaled"], name="scale"),
+        helper.make_node("Softmax", ["scaled"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "v"], ["a"], name="attend"),
+        helper.make_node("MatMul", ["a", "wo"], ["o"], name="o_proj"),
+        helper.make_node("Add", ["o", "x"], ["y"], name="residual"),
+    ]
+    inits = [numpy_helper.from_array(np.ones(dim, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(dim, np.float32), "beta"),
+             weight("wq"), weight("wk"), weight("wv"), weight("wo"),
+             numpy_helper.from_array(np.float32(1 / np.sqrt(dim)), "scale")]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", length, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", length, dim])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.fixture
+def block_path(tmp_path):
+    path = tmp_path / "block.onnx"
+    onnx.save(transformer_block(), str(path))
+    x = np.random.default_rng(1).standard_normal((16, 8, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return path
+
+
+def _models(block_path):
+    return [(DIGITS, "models/digits/calib.npz"), (str(block_path), str(block_path.parent / "calib.npz"))]
+
+
+def _initializer_types(model: onnx.ModelProto) -> set[int]:
+    return {t.data_type for t in model.graph.initializer if t.name.endswith("_quantized")}
+
+
+def _activation_types(model: onnx.ModelProto) -> set[int]:
+    zps = {t.name: t.data_type for t in model.graph.initializer}
+    return {zps[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+
+
+def test_profiles_narrow_each_groups_candidates():
+    plan = find_quantizers(prepare_model(onnx.load(DIGITS)))
+    candidates = parse_candidates("W4A8,W8A8,W4A16,W8A16")
+    qnn = get_target("qnn-htp").group_candidates(plan, candidates)
+    assert all(c.a_bits == 16 for options in qnn.values() for c in options)  # one activation width per model
+    ov = get_target("openvino")
+    with pytest.raises(ConfigError, match="does not run W8A16"):
+        ov.group_candidates(plan, candidates)  # 16-bit activations are not integer on OpenVINO
+    allowed = ov.group_candidates(plan, parse_candidates("W4A8,W8A8"))
+    convs = {op.weight for op in plan.weighted_ops if op.op_type == "Conv"}
+    conv_groups = [g for g in plan.groups if g.weights and set(g.weights) <= convs]
+    assert conv_groups and all(allowed[g.gid] == parse_candidates("W8A8") for g in conv_groups)  # no W4 Conv
+    with pytest.raises(ConfigError, match="qnn-htp does not run W16A16"):
+        get_target("qnn-htp").group_candidates(plan, parse_candidates("W8A16,W16A16"))
+
+
+def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):
+    model = prepare_model(onnx.load(DIGITS))
+    data = CalibrationSet({"input": np.load("models/digits/calib.npz")["input"][:4]}, True, 16, "test")
+    static = fix_symbolic_dims(model, data, {})
+    dims = [d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, *data.arrays["input"].shape[1:]]
+    assert all(d.dim_value > 0 for o in static.graph.output for d in o.type.tensor_type.shape.dim)
+    x = data.arrays["input"][:1]
+    np.testing.assert_allclose(make_session(static).run(None, {"input": x})[0],
+                               make_session(model).run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    assert parse_fixed_dims("N=2, seq=128") == {"N": 2, "seq": 128}
+    with pytest.raises(ConfigError, match="fix-dims"):
+        parse_fixed_dims("N=zero")
+
+
+@needs_qnn
+def test_qnn_htp_runs_every_quantized_node_and_reports_its_quality(block_path, tmp_path):
+    for path, calib in _models(block_path):
+        out = tmp_path / "htp.onnx"
+        record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates("W4A16,W8A16"), budget=0.75,
+                                                         calib=calib, cache_dir=None, target="qnn-htp")).record
+        check = record["deployment_target"]["verification"]
+        assert check["promise_kept"] and check["fallback"] == []
+        # only the graph-input QuantizeLinear and graph-output DequantizeLinear stay on the CPU
+        assert check["on_cpu"] == len(check["cpu_by_design"]) == 2 and check["htp_partitions"] >= 1
+        assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
+        model = onnx.load(str(out))
+        assert all(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim)  # static shapes
+        assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
+        assert _activation_types(model) == {TensorProto.UINT16}
+
+
+@needs_openvino
+def test_openvino_runs_weighted_layers_in_integer_and_reports_its_quality(block_path, tmp_path):
+    for path, calib in _models(block_path):
+        out = tmp_path / "ov.onnx"
+        record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates("W4A8,W8A8"), budget=1.0,
+                                                         calib=calib, cache_dir=None, target="openvino")).record
+        check = record["deployment_target"]["verification"]
+        assert check["weighted_layers"] > 0 and check["integer_layers"] == check["weighted_layers"]
+        assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
+        model = onnx.load(str(out))
+        assert _activation_types(model) == {TensorProto.UINT8}
+        assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
+
+
+def test_missing_target_runtime_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import onnxmp.targets.openvino as ov_target
+
+    def missing():
+        raise ov_target.runtime_missing("openvino", "openvino", ImportError("No module named 'openvino'"))
+
+    monkeypatch.setattr(ov_target, "_runtime", missing)
+    code = main(["optimize", DIGITS, str(tmp_path / "o.onnx"), "--target", "openvino", "--budget", "1", "--no-cache",
+                 "-q", "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and "pip install 'onnxmp[openvino]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_target_default_candidates_and_record(tmp_path):
+    report = tmp_path / "r.json"
+    assert main(["optimize", DIGITS, str(tmp_path / "o.onnx"), "--no-cache", "-q", "--report", str(report)]) == 0
+    record = json.loads(report.read_text())
+    assert record["deployment_target"] == {"name": "ort", "fixed_dims": None, "verification": None}
