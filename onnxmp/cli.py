@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--eval", dest="eval_spec", help="module:function (or file.py:function) scoring a model path, "
                                                       "higher is better")
     opt.add_argument("--eval-data", help=".npz with the model inputs and integer 'labels': top-1 accuracy")
+    opt.add_argument("--eval-on-target", action="store_true",
+                     help="with --target-drop: score candidates on the --target's runtime (built-in evaluators)")
     opt.add_argument("--report", help="write the JSON record of the run here")
     opt.add_argument("--report-dir", help="write report.json, pareto.png and summary.md into this folder")
     _common(opt)
@@ -167,7 +169,7 @@ def _config(args: argparse.Namespace) -> OptimizeConfig:
     evaluator = load_user_evaluator(args.eval_spec) if args.eval_spec else None
     return OptimizeConfig(**common, budget=args.budget, metric=args.metric, report=args.report,
                           report_dir=args.report_dir, target_drop=args.target_drop, evaluator=evaluator,
-                          eval_data=args.eval_data)
+                          eval_data=args.eval_data, eval_on_target=args.eval_on_target)
 
 
 def main(argv: list[str] | None = None) -> int:

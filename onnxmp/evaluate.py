@@ -29,6 +29,9 @@ from onnxmp.errors import CalibrationError, EvaluatorError
 from onnxmp.session import make_session, output_names, run_over
 
 EvalFn = Callable[[str], float]
+# Opens a model file for inference: an onnxruntime session, or a target's session with the same
+# run(names, feeds) / get_outputs() interface (see onnxmp.targets).
+OpenSession = Callable[[str], object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +84,20 @@ def call_evaluator(evaluator: Evaluator, model_path: str) -> float:
     return value
 
 
-def labels_evaluator(path: str, model: onnx.ModelProto) -> Evaluator:
-    """Top-1 accuracy (%) of the model's first output against the ``labels`` array in ``path``."""
+def labels_evaluator(path: str, model: onnx.ModelProto, open_session: OpenSession = make_session,
+                     one_by_one: bool = False) -> Evaluator:
+    """Top-1 accuracy (%) of the model's first output against the ``labels`` array in ``path``
+    (``one_by_one``: feed one sample per run, for static-shape targets)."""
     raw = read_npz(path)
     if "labels" not in raw:
         raise CalibrationError(f"{path}: --eval-data needs an integer 'labels' array beside the inputs")
     labels = raw.pop("labels").reshape(-1)
     data = make_calibration_set(raw, model, path)
+    if one_by_one:
+        data = dataclasses.replace(data, batch=1)
 
     def top1(model_path: str) -> float:
-        logits = _first_output(model_path, data)
+        logits = _first_output(open_session(model_path), data)
         predictions = logits.reshape(len(labels), -1).argmax(axis=1)
         return float(100.0 * (predictions == labels).mean())
 
@@ -99,9 +106,12 @@ def labels_evaluator(path: str, model: onnx.ModelProto) -> Evaluator:
     return Evaluator(top1, "top-1 accuracy %", f"labels in {path}")
 
 
-def agreement_evaluator(model: onnx.ModelProto, heldout: CalibrationSet) -> Evaluator:
+def agreement_evaluator(model: onnx.ModelProto, heldout: CalibrationSet, open_session: OpenSession = make_session,
+                        one_by_one: bool = False) -> Evaluator:
     """Agreement with the float model on held-back samples: top-1 agreement for classifier-like
-    outputs, output SQNR otherwise."""
+    outputs, output SQNR otherwise (candidates opened by ``open_session``)."""
+    if one_by_one:
+        heldout = dataclasses.replace(heldout, batch=1)
     session = make_session(model)
     names = output_names(model)
     reference = run_over(session, heldout, names)
@@ -111,18 +121,16 @@ def agreement_evaluator(model: onnx.ModelProto, heldout: CalibrationSet) -> Eval
         float_top1 = reference[0].reshape(heldout.num_samples, -1).argmax(axis=1)
 
         def agreement(model_path: str) -> float:
-            top1 = _first_output(model_path, heldout).reshape(heldout.num_samples, -1).argmax(axis=1)
+            top1 = _first_output(open_session(model_path), heldout).reshape(heldout.num_samples, -1).argmax(axis=1)
             return float(100.0 * (top1 == float_top1).mean())
 
         return Evaluator(agreement, "top-1 agreement with float %", "held-back calibration samples")
 
     def sqnr(model_path: str) -> float:
-        qdq = make_session(model_path)
-        return quant.sqnr_db(reference, run_over(qdq, heldout, names))
+        return quant.sqnr_db(reference, run_over(open_session(model_path), heldout, names))
 
     return Evaluator(sqnr, "output SQNR dB", "held-back calibration samples")
 
 
-def _first_output(model_path: str, data: CalibrationSet) -> np.ndarray:
-    session = make_session(model_path)
+def _first_output(session, data: CalibrationSet) -> np.ndarray:
     return run_over(session, data, [session.get_outputs()[0].name])[0]

@@ -76,6 +76,7 @@ class OptimizeConfig:
     max_memory: int = DEFAULT_MAX_MEMORY  # bytes of activations Phase 1 may cache
     target: str = "ort"  # deployment target profile (onnxmp.targets)
     fix_dims: str | None = None  # "name=value,..." for symbolic dimensions of the output model
+    eval_on_target: bool = False  # the accuracy-target search scores candidates on the target's runtime
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -262,8 +263,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         qdq = _export(analysis, choice.assignment)
         shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
     profile = get_target(config.target)
-    if profile.static_shapes or config.fix_dims:
-        qdq = fix_symbolic_dims(qdq, analysis.data, parse_fixed_dims(config.fix_dims))
+    qdq = _deployable(qdq, analysis.data, config)
     on_target = None
     if profile.verify is not None:
         with _timed(timings, "verify on target"):
@@ -343,7 +343,7 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
         if index not in scores:
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, f"point{index}.onnx")
-                onnx.save(_export(analysis, curve.assignment_at(index)), path)
+                onnx.save(_deployable(_export(analysis, curve.assignment_at(index)), analysis.data, config), path)
                 scores[index] = call_evaluator(evaluator, path)
             fresh.append(index)
             analysis.cache.save_json(key, {str(k): v for k, v in scores.items()})
@@ -377,11 +377,24 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
 
 
 def _make_evaluator(analysis: Analysis, config: OptimizeConfig) -> Evaluator:
+    """The scorer of candidate models; with ``eval_on_target`` the built-in ones run each
+    candidate on the target's runtime (a user's function gets the file the target would get)."""
     if config.evaluator is not None:
         return config.evaluator
+    profile = get_target(config.target)
+    on_target = config.eval_on_target and profile.open_session is not None
+    opener = profile.open_session if on_target else make_session
+    one_by_one = on_target and profile.static_shapes
     if config.eval_data is not None:
-        return labels_evaluator(config.eval_data, analysis.model)
-    return agreement_evaluator(analysis.model, analysis.heldout)
+        return labels_evaluator(config.eval_data, analysis.model, opener, one_by_one)
+    return agreement_evaluator(analysis.model, analysis.heldout, opener, one_by_one)
+
+
+def _deployable(qdq: onnx.ModelProto, data: CalibrationSet, config: OptimizeConfig) -> onnx.ModelProto:
+    """The exported model as the target takes it (static shapes where it needs them)."""
+    if get_target(config.target).static_shapes or config.fix_dims:
+        return fix_symbolic_dims(qdq, data, parse_fixed_dims(config.fix_dims))
+    return qdq
 
 
 def _slug(text: str) -> str:

@@ -3,6 +3,7 @@ target's own runtime (Qualcomm HTP through onnxruntime-qnn, OpenVINO's CPU plugi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -162,3 +163,24 @@ def test_cli_target_default_candidates_and_record(tmp_path):
     assert main(["optimize", DIGITS, str(tmp_path / "o.onnx"), "--no-cache", "-q", "--report", str(report)]) == 0
     record = json.loads(report.read_text())
     assert record["deployment_target"] == {"name": "ort", "fixed_dims": None, "verification": None}
+
+
+@needs_qnn
+def test_accuracy_target_search_can_score_on_the_target(monkeypatch, tmp_path):
+    from onnxmp import pipeline
+    from onnxmp.targets import qnn_htp
+
+    opened = []
+
+    def counting(path):
+        opened.append(onnx.load(path))
+        return qnn_htp.open_session(path)
+
+    profile = dataclasses.replace(get_target("qnn-htp"), open_session=counting)
+    monkeypatch.setattr(pipeline, "get_target", lambda name: profile)
+    record = optimize(DIGITS, None, OptimizeConfig(candidates=parse_candidates("W4A16,W8A16"), target_drop="2",
+                                                   calib="models/digits/calib.npz", cache_dir=None,
+                                                   target="qnn-htp", eval_on_target=True)).record
+    assert record["target"]["evaluations"] == len(opened) >= 1
+    # each candidate was scored on HTP with static shapes
+    assert all(d.dim_value > 0 for m in opened for d in m.graph.input[0].type.tensor_type.shape.dim)

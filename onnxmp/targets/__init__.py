@@ -46,7 +46,8 @@ class TargetProfile:
     static_shapes: bool = False  # the toolchain refuses symbolic dimensions
     mixed_activation_bits: bool = True  # False: every activation takes the most expensive candidate's bits
     extra: str | None = None  # pip extra with the target's runtime
-    verify: Callable | None = None  # verify(model_path, data, observed, reference) -> dict
+    verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
+    open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
 
     def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
         if cand.a_bits not in self.activation_bits:

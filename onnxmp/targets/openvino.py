@@ -11,6 +11,7 @@ or 4 on Gemm and MatMul. Symbolic shapes are fine.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 
 import numpy as np
@@ -56,6 +57,29 @@ def layer_precisions(compiled) -> dict[str, list[str]]:
     return dict(by_precision)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Output:
+    name: str
+
+
+class OpenVinoSession:
+    """onnxruntime's session interface over an OpenVINO CPU compiled model."""
+
+    def __init__(self, path: str) -> None:
+        self.compiled = compile_cpu(path)
+        self._request = self.compiled.create_infer_request()
+        self._outputs = [_Output(o.get_any_name()) for o in self.compiled.outputs]
+
+    def get_outputs(self) -> list[_Output]:
+        return self._outputs
+
+    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._request.infer(feeds)
+        ports = {name: next(o for o in self.compiled.outputs if name in o.get_names())
+                 for name in (names or [o.name for o in self._outputs])}
+        return [np.asarray(result[port]) for port in ports.values()]
+
+
 def _layers_with_weights(model: onnx.ModelProto) -> set[str]:
     """Names (node and output) of the Conv / Gemm / MatMul nodes whose second input is a
     dequantized constant: the layers the profile promises in integer precision. A MatMul of two
@@ -73,11 +97,9 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
     must), and the output SQNR as it computes it (its default inference precision on this CPU)."""
     path = os.path.join(folder, "openvino_probe.onnx")
     onnx.save(with_outputs(model, observed), path)
-    compiled = compile_cpu(path)
-    precisions = layer_precisions(compiled)
-    ports = [next(o for o in compiled.outputs if name in o.get_names()) for name in observed]
-    request = compiled.create_infer_request()
-    sqnr = sqnr_of_runs(lambda feeds: [request.infer(feeds)[p] for p in ports], data, reference)
+    session = OpenVinoSession(path)
+    precisions = layer_precisions(session.compiled)
+    sqnr = sqnr_of_runs(lambda feeds: session.run(observed, feeds), data, reference)
     weighted = _layers_with_weights(model)
     layers = [(name, precision) for precision, names in precisions.items() for name in names]
     # OpenVINO names a layer after the ONNX node, plus suffixes such as "/WithoutBiases"
@@ -89,7 +111,7 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
         "precisions": {k: len(v) for k, v in precisions.items()},
         "not_integer": sorted(n for n, p in with_weights if p not in INTEGER),
         "other_layers_not_integer": sorted(n for n, p in layers if not has_weights(n) and p not in INTEGER),
-        "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "inference_precision": str(session.compiled.get_property("INFERENCE_PRECISION_HINT")),
         "sqnr_db": sqnr, "promise_kept": all(p in INTEGER for _, p in with_weights),
     }
 
@@ -103,4 +125,5 @@ PROFILE = TargetProfile(
     default_candidates="W4A8,W8A8",
     extra="openvino",
     verify=verify,
+    open_session=OpenVinoSession,
 )

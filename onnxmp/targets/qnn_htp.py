@@ -123,6 +123,11 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
     }
 
 
+def open_session(path: str):
+    """An HTP session on a model file (for the accuracy-target search)."""
+    return htp_session(onnx.load(path))[0]
+
+
 PROFILE = TargetProfile(
     name="qnn-htp",
     summary="Qualcomm HTP runs 4 and 8-bit weights with 8 or 16-bit activations (one width per model), "
@@ -134,4 +139,5 @@ PROFILE = TargetProfile(
     mixed_activation_bits=False,
     extra="qnn",
     verify=verify,
+    open_session=open_session,
 )

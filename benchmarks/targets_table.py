@@ -1,0 +1,96 @@
+"""Per real model and deployment target: what runs on the target, the chosen mix, BOPs, and the
+output SQNR as the target computes it next to onnxruntime CPU's.
+
+    python benchmarks/targets_table.py [--models digits ppocr_cls ...] [--samples 8]
+
+Targets: ort (default candidates, budget 0.5), qnn-htp (Qualcomm HTP through onnxruntime-qnn,
+emulated on x86-64; its default candidates W4A16,W8A16, budget 0.75) and openvino (CPU plugin;
+W4A8,W8A8, budget 0.9, or 1.0 where no cheaper assignment exists because only Gemm/MatMul may
+take 4-bit weights). Writes benchmarks/results/targets_edge.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+import numpy as np
+from common import bench_models, markdown_table, write_result
+
+from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp.errors import ConfigError, OnnxmpError
+from onnxmp.targets import get_target
+
+BUDGETS = {"ort": 0.5, "qnn-htp": 0.75, "openvino": 0.9}
+
+
+def _placement(check: dict | None) -> str:
+    if check is None:
+        return "all (onnxruntime CPU)"
+    if check["target"] == "qnn-htp":
+        fallback = ", ".join(f"{f['node']} ({f['op_type']}: {f['reason'] or 'no reason'})" for f in check["fallback"][:3])
+        return (f"{check['on_target']}/{check['nodes']} nodes on HTP in {check['htp_partitions']} partition(s); "
+                f"CPU: {check['on_cpu']} ({len(check['cpu_by_design'])} graph-boundary Q/DQ by design"
+                + (f"; fallback: {fallback}" if fallback else "") + ")")
+    other = len(check["other_layers_not_integer"])
+    return (f"{check['integer_layers']}/{check['weighted_layers']} weighted layers integer "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(check['precisions'].items()))}); "
+            f"{other} activation×activation layer(s) not integer; inference precision {check['inference_precision']}")
+
+
+def run(bench, target: str, calib: str) -> list[str]:
+    profile = get_target(target)
+    budget = BUDGETS[target]
+    start = time.perf_counter()
+    config = OptimizeConfig(candidates=parse_candidates(profile.default_candidates), budget=budget, calib=calib,
+                            cache_dir=None, target=target)
+    try:
+        record = optimize(bench.model, None, config).record
+    except ConfigError as exc:
+        if "below the cheapest" not in str(exc):
+            raise
+        budget = 1.0
+        record = optimize(bench.model, None, dataclasses.replace(config, budget=1.0)).record
+    except OnnxmpError as exc:  # a broken promise on the target is a result too
+        return [bench.name, target, profile.default_candidates, f"{budget:g}", "—", "—", f"refused: {exc}", "—", "—",
+                f"{time.perf_counter() - start:.0f}"]
+    seconds = time.perf_counter() - start
+    chosen, check = record["chosen"], record["deployment_target"]["verification"]
+    mix = ", ".join(f"{n}×{c}" for c, n in chosen["mix"].items())
+    on_target = "—" if check is None else f"{check['sqnr_db']:.2f}"
+    return [bench.name, target, profile.default_candidates, f"{budget:g}", mix, f"{chosen['relative_cost']:.3f}",
+            _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="default: digits and every prepared zoo model")
+    parser.add_argument("--targets", nargs="*", default=list(BUDGETS))
+    parser.add_argument("--samples", type=int, default=8, help="calibration samples (first N of calib.npz)")
+    args = parser.parse_args()
+    header = ["model", "target", "candidates", "budget", "chosen mix (groups)", "BOPs", "placement on the target",
+              "SQNR on target dB", "SQNR onnxruntime CPU dB", "s"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bench in bench_models(args.models):
+            arrays = np.load(bench.calib)
+            calib = os.path.join(tmp, f"{bench.name}.npz")
+            np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})
+            for target in args.targets:
+                rows.append(run(bench, target, calib))
+                print(" | ".join(rows[-1]), flush=True)
+    text = ("Deployment targets, measured by `python benchmarks/targets_table.py` "
+            f"({args.samples} calibration samples per model). BOPs relative to the target's all-highest "
+            "candidate. SQNR at the pre-softmax/sigmoid outputs against the float model on the calibration "
+            "samples, computed by the target's runtime (QNN HTP emulated on x86-64 by onnxruntime-qnn; OpenVINO "
+            "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file.\n\n"
+            + markdown_table(header, rows) + "\n")
+    print(text)
+    write_result("targets_edge.md", text)
+
+
+if __name__ == "__main__":
+    main()
