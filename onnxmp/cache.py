@@ -19,6 +19,7 @@ import onnx
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import OutputError
 from onnxmp.files import save_json, write_atomic
+from onnxmp.large import light_copy
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ def code_digest() -> str:
 def cache_key(model: onnx.ModelProto, data: CalibrationSet, options: dict) -> str:
     """A digest of the prepared model, every calibration array and the options that shape results."""
     digest = hashlib.sha256()
-    digest.update(model.SerializeToString(deterministic=True))
+    digest.update(light_copy(model).SerializeToString(deterministic=True))
+    for tensor in model.graph.initializer:  # the big ones' bytes, one at a time (a model may exceed 2 GB)
+        if tensor.HasField("raw_data"):
+            digest.update(tensor.raw_data)
     for name in sorted(data.arrays):
         arr = np.ascontiguousarray(data.arrays[name])
         digest.update(f"{name}|{arr.dtype}|{arr.shape}".encode())

@@ -17,7 +17,7 @@ import onnx
 from onnxmp import quant
 from onnxmp.data import CalibrationSet
 from onnxmp.groups import QuantPlan
-from onnxmp.session import make_session, with_outputs
+from onnxmp.session import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[s
     """Yield (batch size, {tensor: array}) per run for the given tensors (inputs read from data)."""
     graph_inputs = set(data.arrays)
     produced = [n for n in names if n not in graph_inputs]
-    session = make_session(with_outputs(model, produced), optimized=False) if produced else None
+    session = make_session(model, optimized=False, outputs=produced) if produced else None
     for feeds in data.feeds():
         # no session run without names: onnxruntime would return every graph output instead
         values = dict(zip(produced, session.run(produced, feeds), strict=True)) if session else {}

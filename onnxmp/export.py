@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from onnxmp import quant
 from onnxmp.graph import all_tensor_names
 from onnxmp.groups import QuantPlan
+from onnxmp.large import fill_from, light_copy
 from onnxmp.params import QuantParams
 from onnxmp.simulate import Assignment
 
@@ -87,8 +88,7 @@ def _weight_dq(name: str, q: np.ndarray, scale: np.ndarray, axis: int, bits: int
 def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
                assignment: Assignment) -> onnx.ModelProto:
     """Functional: the QDQ model for ``assignment`` (a new model; ``model`` is not changed)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = light_copy(model)  # big weights' bytes are copied at the end, only for those left float
     graph = out.graph
     act_group, weight_group = plan.group_of_activation(), plan.group_of_weight()
     graph_inputs = {i.name for i in graph.input}
@@ -145,4 +145,5 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(nodes)
+    fill_from(out, model)
     return out

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import onnx
 
 from onnxmp.errors import OutputError
+from onnxmp.large import is_large, save_with_external_data
 
 
 def check_writable(path: str, source: str | None = None) -> None:
@@ -47,7 +48,13 @@ def write_atomic(path: str, writer: Callable[[str], None]) -> None:
 
 
 def save_model(model: onnx.ModelProto, path: str) -> None:
-    write_atomic(path, lambda tmp: onnx.save(model, tmp))
+    """Write the model atomically; one over 1 GB of weights goes with them in ``<path>.data``."""
+    if not is_large(model):
+        write_atomic(path, lambda tmp: onnx.save(model, tmp))
+        return
+    data = path + ".data"
+    with _atomic_path(path) as tmp_model, _atomic_path(data) as tmp_data:  # the data file lands first
+        save_with_external_data(model, tmp_model, tmp_data, os.path.basename(data))
 
 
 def save_json(record: dict, path: str) -> None:

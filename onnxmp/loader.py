@@ -16,10 +16,13 @@ import os
 import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnxmp.errors import AlreadyQuantizedError, ModelError
 from onnxmp.graph import subgraph_reads
 from onnxmp.groups import WEIGHTED_OPS
+from onnxmp import large
+from onnxmp.large import fill_from, is_large, light_copy
 from onnxmp.session import runs_qdq
 
 logger = logging.getLogger(__name__)
@@ -35,17 +38,22 @@ _INTEGER_WEIGHT_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.Ten
 
 
 def load_model(path: str) -> onnx.ModelProto:
-    """Read an ONNX file with its external data; raise ModelError if it is not a usable model."""
+    """Read an ONNX file; raise ModelError if it is not a usable model. External data is read
+    too, unless it is over ``large.LARGE_BYTES``: then ``prepare_model(model, base_dir)`` reads
+    it, once, into the prepared model."""
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file; give the path of a float .onnx model")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
+        external = external_bytes(model) > large.LARGE_BYTES
+        if not external:
+            read_external_data(model, os.path.dirname(os.path.abspath(path)))
     except Exception as exc:  # protobuf raises several types for garbage input
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node:
         raise ModelError(f"{path}: the model has no nodes (is it really an ONNX model?)")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(path if external else model)
     except Exception as exc:  # ValidationError, or decode errors of corrupted strings
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{path}: the model is malformed: {first_line}") from exc
@@ -81,15 +89,39 @@ def check_float_model(model: onnx.ModelProto, path: str = "model") -> None:
         )
 
 
-def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a prepared copy: opset 21, constants as initializers, BN folded, shapes inferred."""
-    prepared = onnx.ModelProto()
-    prepared.CopyFrom(model)
+def read_external_data(model: onnx.ModelProto, base_dir: str) -> None:
+    """In place: read the initializers stored in external files into the model; they end up
+    exactly as if they had been stored inline (so results and cache keys do not depend on it)."""
+    load_external_data_for_model(model, base_dir)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of initializer data stored outside the model file (not loaded yet)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            total += int(next((e.value for e in tensor.external_data if e.key == "length"), 0) or 0)
+    return total
+
+
+def prepare_model(model: onnx.ModelProto, base_dir: str | None = None) -> onnx.ModelProto:
+    """Return a prepared copy: opset 21, constants as initializers, BN folded, shapes inferred.
+    Weight bytes are copied once: a large model's graph is transformed without them, then they
+    are read (from ``base_dir`` where ``load_model`` left them in external files) or copied in."""
+    prepared = light_copy(model)
     prepared = upgrade_opset(prepared)
     drop_initializer_inputs(prepared.graph)
     constants_to_initializers(prepared.graph)
-    check_finite_initializers(prepared.graph)
     name_nodes(prepared.graph)
+    fill_from(prepared, model)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in prepared.graph.initializer):
+        if base_dir is None:
+            raise ModelError("the model's weights are in external files; give prepare_model the folder they are in")
+        read_external_data(prepared, base_dir)
+    check_finite_initializers(prepared.graph)
     folded = fold_batchnorm(prepared.graph)
     if folded:
         logger.info("folded %d BatchNormalization node(s) into Conv", folded)
@@ -122,11 +154,19 @@ def _convert_opset(model: onnx.ModelProto, target: int, advice: str) -> onnx.Mod
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run ONNX shape inference; a failure here means the model is inconsistent."""
+    """Run ONNX shape inference; a failure here means the model is inconsistent. A large model's
+    inferred shapes are copied onto it (inference runs on its light copy)."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        if not is_large(model):
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), strict_mode=False, data_prop=True)
     except Exception as exc:
         raise ModelError(f"shape inference failed on the model: {exc}") from exc
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(model.graph.output, inferred.graph.output, strict=True):
+        mine.type.CopyFrom(theirs.type)
+    return model
 
 
 def drop_initializer_inputs(graph: onnx.GraphProto) -> None:

@@ -18,13 +18,14 @@ from onnxmp.calibrate import Calibration
 from onnxmp.groups import QuantPlan, WeightedOp, weight_array
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+_KEEP_FLOAT_BYTES = 16 << 20  # float weights up to this size are cached
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedWeight:
     """A weight at some bit-width: integers, per-channel scales, and their float product."""
 
-    q: np.ndarray  # int32 values in the signed range of ``bits``
+    q: np.ndarray  # integers in the signed range of ``bits``, in the narrowest numpy type holding them
     scale: np.ndarray  # float32, one per channel along ``axis``
     axis: int
     bits: int
@@ -42,6 +43,11 @@ class QuantizedBias:
 
     def dequantized(self) -> np.ndarray:
         return (self.q.astype(np.float32) * self.scale).astype(np.float32)
+
+
+def compact_integers(q: np.ndarray, bits: int) -> np.ndarray:
+    """Integers of ``bits`` bits in int8 (up to 8 bits) or int16: a quarter or half of int32."""
+    return np.ascontiguousarray(q, dtype=np.int8 if bits <= 8 else np.int16 if bits <= 16 else np.int32)
 
 
 def round_to_nearest(w: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> np.ndarray:
@@ -64,9 +70,14 @@ class QuantParams:
         self.range_method: dict[tuple[str, int], str] = {}  # (tensor, bits) -> method; default "mse"
 
     def float_weight(self, name: str) -> np.ndarray:
-        if name not in self._floats:
-            self._floats[name] = weight_array(self._model, name)
-        return self._floats[name]
+        """The float values of an initializer; big ones are read from the model each time rather
+        than kept twice (a model's weights can be most of the memory)."""
+        if name in self._floats:
+            return self._floats[name]
+        values = weight_array(self._model, name)
+        if values.nbytes <= _KEEP_FLOAT_BYTES:
+            self._floats[name] = values
+        return values
 
     def activation(self, name: str, bits: int, method: str | None = None) -> tuple[np.float32, int]:
         chosen = method or self.range_method.get((name, bits), "mse")
@@ -80,12 +91,12 @@ class QuantParams:
             q = self._rounded.get(key)
             if q is None:
                 q = round_to_nearest(w, scale, op.axis, bits)
-            self._weights[key] = QuantizedWeight(q, scale, op.axis, bits)
+            self._weights[key] = QuantizedWeight(compact_integers(q, bits), scale, op.axis, bits)
         return self._weights[key]
 
     def set_rounded(self, weight: str, bits: int, q: np.ndarray) -> None:
         """Use these integers (e.g. from AdaRound, on the same scales) for ``weight`` at ``bits``."""
-        self._rounded[(weight, bits)] = np.asarray(q, dtype=np.int32)
+        self._rounded[(weight, bits)] = compact_integers(q, bits)
         self._weights.pop((weight, bits), None)
 
     def bias(self, op: WeightedOp, w_bits: int, a_bits: int) -> QuantizedBias | None:

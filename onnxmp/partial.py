@@ -114,16 +114,6 @@ def _observed_type(batches: list[np.ndarray]) -> tuple[int, list]:
     return helper.np_dtype_to_tensor_dtype(batches[0].dtype), None if rank_varies else dims
 
 
-def _with_untyped_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``names``, whatever their types (a cut can fall
-    between a QuantizeLinear and its DequantizeLinear)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in present)
-    return copy
-
-
 class CutCache:
     """The baseline's live tensors at the kept cuts, per calibration batch, and one suffix
     session per cut (made when first needed)."""
@@ -153,7 +143,7 @@ class CutCache:
             return [], {}
         batches = list(self.data.feeds())
         wanted = sorted({name for cut in candidates for name in cut.live})
-        session = make_session(_with_untyped_outputs(self.model, wanted), optimized=False)
+        session = make_session(self.model, optimized=False, outputs=wanted)
         first = dict(zip(wanted, run_session(session, wanted, {**batches[0], **self.baseline_feeds}), strict=True))
         size = {cut.position: sum(first[t].nbytes for t in cut.live) * len(batches) for cut in candidates}
         kept = list(candidates)

@@ -31,6 +31,7 @@ from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labe
 from onnxmp.export import export_qdq
 from onnxmp.files import check_writable, save_json, save_model
 from onnxmp.groups import QuantPlan, find_quantizers
+from onnxmp.large import is_large, save_with_external_data
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.params import QuantParams
 from onnxmp.partial import DEFAULT_MAX_MEMORY
@@ -38,7 +39,7 @@ from onnxmp.report import build_record, write_report_dir
 from onnxmp.rounding import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.sensitivity import Sensitivity, sensitivity_list
-from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
+from onnxmp.session import make_session, observed_tensors, run_over
 from onnxmp.shapes import fix_symbolic_dims, parse_fixed_dims
 from onnxmp.simulate import Assignment, Simulator
 from onnxmp.target import TargetDrop, binary_search, interpolation_search
@@ -157,7 +158,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     """Load, prepare, calibrate and run Phase 1 (or reuse them from the cache)."""
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
-        model = prepare_model(load_model(input_path))
+        model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
         data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
         plan = find_quantizers(model)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
@@ -175,7 +176,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         allowed = get_target(config.target).group_candidates(plan, config.candidates)
         hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
-        reference = run_over(make_session(with_outputs(model, observed)), data, observed)
+        reference = run_over(make_session(model, outputs=observed), data, observed)
         params = QuantParams(model, plan, calibration)
     rounding = None
     if bits:
@@ -424,12 +425,16 @@ def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[st
     """Check the exported model and measure its SQNR as stock onnxruntime runs it, on the same
     tensors (names are kept by the export) as the simulation."""
     try:
-        onnx.checker.check_model(qdq, full_check=True)
+        if is_large(qdq):  # the checker takes a model over 2 GB only as files
+            with tempfile.TemporaryDirectory(prefix="onnxmp-check-") as folder:
+                save_with_external_data(qdq, os.path.join(folder, "model.onnx"))
+                onnx.checker.check_model(os.path.join(folder, "model.onnx"), full_check=True)
+        else:
+            onnx.checker.check_model(qdq, full_check=True)
     except Exception as exc:  # a bug, not a user error: keep the message precise
         raise ModelError(f"internal error: the exported model fails onnx.checker: {exc}") from exc
-    probe = with_outputs(qdq, names)
-    default = run_over(make_session(probe), data, names)
-    precise = run_over(make_session(probe, extra_config=PRECISE_SESSION_CONFIG), data, names)
+    default = run_over(make_session(qdq, outputs=names), data, names)
+    precise = run_over(make_session(qdq, extra_config=PRECISE_SESSION_CONFIG, outputs=names), data, names)
     return {
         "sqnr_db_ort_default": quant.sqnr_db(reference, default),
         "sqnr_db_ort_precise": quant.sqnr_db(reference, precise),

@@ -27,7 +27,7 @@ from onnxmp.data import CalibrationSet
 from onnxmp.errors import ConfigError
 from onnxmp.groups import QuantPlan, WeightedOp
 from onnxmp.params import QuantParams
-from onnxmp.session import make_session, with_outputs
+from onnxmp.session import make_session
 from onnxmp.workers import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def capture_grams(model: onnx.ModelProto, ops: list[WeightedOp], data: Calibrati
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     names = list(dict.fromkeys(op.activation for op in ops))
     produced = [n for n in names if n not in data.arrays]
-    session = make_session(with_outputs(model, produced), optimized=False)
+    session = make_session(model, optimized=False, outputs=produced)
     batches = math.ceil(data.num_samples / data.batch) if data.batched else data.num_samples
     grams: dict[str, list[np.ndarray]] = {}
     for index, feeds in enumerate(data.feeds()):

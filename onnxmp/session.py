@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -11,12 +15,14 @@ from onnx import TensorProto, helper
 
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
+from onnxmp.large import is_large, save_with_external_data
 
 
 def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
-                 extra_config: dict[str, str] | None = None) -> ort.InferenceSession:
-    """A CPU session on a model (proto, serialized bytes or path); single-threaded intra-op so
-    several configurations can be evaluated side by side without oversubscribing cores."""
+                 extra_config: dict[str, str] | None = None, outputs: list[str] | None = None) -> ort.InferenceSession:
+    """A CPU session on a model (proto, serialized bytes or path), also computing ``outputs``
+    (any tensor names, whatever their types; a proto is not copied for them). A model over
+    ``large.LARGE_BYTES`` goes through a temporary file with external data."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = (
@@ -24,11 +30,35 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     )
     for key, value in (extra_config or {}).items():
         options.add_session_config_entry(key, value)
-    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if not isinstance(model, onnx.ModelProto):
+        return _session(model, options)
+    with _added_outputs(model, outputs or []):
+        if not is_large(model):
+            return _session(model.SerializeToString(), options)
+        with tempfile.TemporaryDirectory(prefix="onnxmp-session-") as folder:
+            path = os.path.join(folder, "model.onnx")
+            save_with_external_data(model, path)
+            return _session(path, options)
+
+
+def _session(payload: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+
+
+@contextlib.contextmanager
+def _added_outputs(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
+    """``model`` with these extra graph outputs (untyped: onnxruntime infers them) meanwhile."""
+    present = {o.name for o in model.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in present]
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+    try:
+        yield
+    finally:
+        for _ in extra:
+            model.graph.output.pop()
 
 
 @functools.cache

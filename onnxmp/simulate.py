@@ -9,6 +9,7 @@ rebuilt and no session created per configuration.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping
 
@@ -21,14 +22,16 @@ from onnxmp.candidates import Candidate
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
 from onnxmp.groups import QuantPlan
+from onnxmp.large import light_copy
 from onnxmp.params import QuantParams
 from onnxmp.partial import DEFAULT_MAX_MEMORY, CutCache
-from onnxmp.session import make_session, observed_tensors, run_over, with_outputs
+from onnxmp.session import make_session, observed_tensors, run_over
 
 logger = logging.getLogger(__name__)
 
 Assignment = Mapping[int, Candidate]
 _SUFFIXES = ("scale", "zp", "lo", "hi")
+WEIGHT_CACHE_BYTES = 1 << 30
 _PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
 
 
@@ -55,10 +58,9 @@ def _fake_quant_nodes(src: str, dst: str) -> list[onnx.NodeProto]:
 
 def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """Functional: a new model simulating quantization with feeds for every parameter."""
-    sim = onnx.ModelProto()
-    sim.CopyFrom(model)
-    graph = sim.graph
     fed = {op.weight for op in plan.weighted_ops} | {op.bias for op in plan.weighted_ops if op.bias}
+    sim = light_copy(model, keep={t.name for t in model.graph.initializer} - fed)  # fed weights: no bytes copied
+    graph = sim.graph
     for tensor in [t for t in graph.initializer if t.name in fed]:
         graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         graph.initializer.remove(tensor)
@@ -105,11 +107,12 @@ class Simulator:
         self._graph_inputs = set(data.arrays)
         self.observed = observed_tensors(model)
         self._model = build_simulation_model(model, plan)
-        self._session = make_session(with_outputs(self._model, self.observed))
+        self._session = make_session(self._model, outputs=self.observed)
         self._partial: CutCache | None = None
         self._act_group = plan.group_of_activation()
         self._weight_group = plan.group_of_weight()
-        self._cache: dict[tuple, np.ndarray] = {}
+        self._cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+        self._weight_bytes = 0
         self.evaluations = 0
 
     def ingredients(self) -> tuple:
@@ -117,9 +120,20 @@ class Simulator:
         return self.model, self.plan, self.params, self.data, self.reference
 
     def _cached(self, key: tuple, make) -> np.ndarray:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        """Feeds by key; dequantized weights are evicted oldest first beyond WEIGHT_CACHE_BYTES
+        (remade on demand: cheap next to a model run, and a large model's weights would not fit
+        twice more)."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = self._cache[key] = make()
+        if key[0] == "w":
+            self._weight_bytes += value.nbytes
+            for old in [k for k in self._cache if k[0] == "w" and k != key]:
+                if self._weight_bytes <= WEIGHT_CACHE_BYTES:
+                    break
+                self._weight_bytes -= self._cache.pop(old).nbytes
+        return value
 
     def activation_feeds(self, name: str, bits: int, method: str | None = None) -> dict[str, np.ndarray]:
         """The feeds that quantize activation ``name`` at ``bits`` (range by ``method``)."""

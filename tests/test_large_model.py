@@ -1,0 +1,57 @@
+"""The paths for models over 2 GB (never one protobuf message), run on a small model by lowering
+the threshold: the result must equal the ordinary path's, byte for byte."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxmp import OptimizeConfig, large, optimize
+from onnxmp.large import light_copy, save_with_external_data
+from onnxmp.session import make_session
+
+from conftest import make_cnn
+
+
+@pytest.fixture
+def external_cnn(tmp_path):
+    """The tiny CNN saved with its weights in an external data file, and calibration data."""
+    path = tmp_path / "ext" / "cnn.onnx"
+    path.parent.mkdir()
+    onnx.save(make_cnn(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="cnn.onnx.data", size_threshold=64)
+    x = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return path
+
+
+def test_large_model_paths_give_the_same_output(external_cnn, tmp_path, monkeypatch):
+    config = OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), adaround="off")
+    monkeypatch.setattr(large, "_BIG_TENSOR", 64)
+    ordinary = optimize(str(external_cnn), str(tmp_path / "small.onnx"), config).record
+    monkeypatch.setattr(large, "LARGE_BYTES", 1024)  # the tiny CNN now counts as large
+    big = optimize(str(external_cnn), str(tmp_path / "big.onnx"), config).record
+    assert big["chosen"] == ordinary["chosen"]
+    assert big["cache"]["hit"]  # the cache key does not depend on the path taken
+    # the large output is written with external data, and holds the same model
+    assert os.path.exists(tmp_path / "big.onnx.data")
+    a = onnx.load(str(tmp_path / "small.onnx"))
+    b = onnx.load(str(tmp_path / "big.onnx"))
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer} == \
+        {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer}
+
+
+def test_light_copy_and_external_save_leave_the_model_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(large, "_BIG_TENSOR", 64)
+    model = make_cnn()
+    before = model.SerializeToString()
+    light = light_copy(model)
+    assert light.ByteSize() < model.ByteSize() and model.SerializeToString() == before
+    path = str(tmp_path / "m.onnx")
+    save_with_external_data(model, path)
+    assert model.SerializeToString() == before
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(make_session(path).run(None, {"x": x})[0], make_session(model).run(None, {"x": x})[0])
