@@ -72,7 +72,8 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         if done.returncode != 0:
             raise SystemExit(f"onnxmp failed: {done.stderr.strip()}")
-        record = json.load(open(report, encoding="utf-8"))
+        with open(report, encoding="utf-8") as handle:
+            record = json.load(handle)
         out_size = os.path.getsize(out) + (os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0)
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in record["timings_s"].items())
         rows = [[f"MLP {args.layers}×MatMul", f"{size / 2**30:.2f}", f"{peak / 2**30:.2f}", f"{peak / size:.2f}×",

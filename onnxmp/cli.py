@@ -15,8 +15,10 @@ import onnxmp
 from onnxmp import quant
 from onnxmp.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.cost import METRICS
-from onnxmp.errors import OnnxmpError
+from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.evaluate import load_user_evaluator
+from onnxmp.files import check_writable
+from onnxmp.finetune import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.partial import DEFAULT_MAX_MEMORY
 from onnxmp.pipeline import OptimizeConfig, analyze, optimize
 from onnxmp.targets import TARGETS, get_target
@@ -100,7 +102,42 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("input", help="float ONNX model")
     ana.add_argument("--top", type=int, default=0, help="print only the N most sensitive rows")
     _common(ana)
+    fine = sub.add_parser("finetune", help="LSQ fine-tuning of an onnxmp QDQ model's step sizes and weights "
+                                           "(runs in its own onnxruntime-training environment)")
+    fine.add_argument("quantized", nargs="?", help="the QDQ model onnxmp optimize wrote")
+    fine.add_argument("float", nargs="?", help="the float model it came from")
+    fine.add_argument("output", nargs="?", help="where to write the fine-tuned QDQ model")
+    fine.add_argument("--data", help=".npz of training inputs keyed by input name; with an integer 'labels' array "
+                                     "the loss is cross-entropy, else distillation from the float model")
+    fine.add_argument("--labels", help=".npy of integer labels (instead of a 'labels' array in --data)")
+    fine.add_argument("--epochs", type=int, default=5)
+    fine.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    fine.add_argument("--batch", type=int, default=16)
+    fine.add_argument("--workdir", help="job folder, kept: a rerun resumes after its last finished epoch "
+                                        "(default <output>.lsq)")
+    fine.add_argument("--setup", action="store_true", help="create the training environment (once) and exit")
+    fine.add_argument("--env", help=f"training environment folder (default {default_train_env()})")
+    fine.add_argument("-v", "--verbose", action="count", default=0)
+    fine.add_argument("-q", "--quiet", action="store_true")
     return parser
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    if args.setup:
+        print(f"training environment ready: {setup_train_env(args.env)}")
+        return
+    if not (args.quantized and args.float and args.output and args.data):
+        raise ConfigError("finetune needs QUANTIZED FLOAT OUTPUT and --data (or --setup)")
+    if args.epochs < 1 or args.batch < 1 or not args.lr > 0:
+        raise ConfigError("--epochs and --batch must be at least 1 and --lr positive")
+    check_writable(args.output, args.quantized)
+    config = FinetuneConfig(epochs=args.epochs, learning_rate=args.lr, batch=args.batch, train_env=args.env)
+    show = (lambda e: print(f"epoch {e['epoch']}: loss {e['loss']:.5g} ({e['seconds']:.1f} s)", flush=True)) \
+        if not args.quiet else None
+    record = finetune(args.quantized, args.float, args.output, args.data, config, args.workdir, show, args.labels)
+    if not args.quiet:
+        print(f"wrote {args.output} ({len(record['epochs'])} epochs this run, loss: {record['loss']}; "
+              f"job kept in {record['workdir']})")
 
 
 class _ProgressLine:
@@ -178,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="onnxmp: %(levelname)s: %(message)s")
     progress = _ProgressLine(not args.quiet)
     try:
+        if args.command == "finetune":
+            _finetune(args)
+            return 0
         config = _config(args)
         if args.command == "optimize":
             result = optimize(args.input, args.output, config, progress=progress)

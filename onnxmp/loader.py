@@ -18,10 +18,10 @@ import onnx
 from onnx import numpy_helper, version_converter
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnxmp import large
 from onnxmp.errors import AlreadyQuantizedError, ModelError
 from onnxmp.graph import subgraph_reads
 from onnxmp.groups import WEIGHTED_OPS
-from onnxmp import large
 from onnxmp.large import fill_from, is_large, light_copy
 from onnxmp.session import runs_qdq
 

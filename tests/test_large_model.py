@@ -8,12 +8,11 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import make_cnn
 
 from onnxmp import OptimizeConfig, large, optimize
 from onnxmp.large import light_copy, save_with_external_data
 from onnxmp.session import make_session
-
-from conftest import make_cnn
 
 
 @pytest.fixture
