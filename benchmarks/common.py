@@ -57,6 +57,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def publish(name: str, caption: str, header: list[str], rows: list[list[str]]) -> None:
+    """Print the caption and the table, and write them to benchmarks/results/<name>."""
+    text = caption + "\n\n" + markdown_table(header, rows) + "\n"
+    print(text)
+    write_result(name, text)
+
+
 def write_result(name: str, text: str) -> None:
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", name), "w", encoding="utf-8") as handle:

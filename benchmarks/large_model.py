@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import onnx
-from common import markdown_table, write_result
+from common import publish
 from onnx import TensorProto, helper
 
 WIDTH, HIDDEN = 4096, 16384
@@ -81,13 +81,10 @@ def main() -> None:
                  f"{record['chosen']['sqnr_db_ort_default']:.2f}", stages, f"{seconds:.0f}"]]
     header = ["model", "weights GiB", "peak RSS GiB", "peak / weights", "output GiB", "chosen mix", "SQNR dB",
               "stages", "total s"]
-    text = ("A model over 2 GB through `onnxmp optimize` (default candidates and budget, no AdaRound, "
+    publish("large_model.md", ("A model over 2 GB through `onnxmp optimize` (default candidates and budget, no AdaRound, "
             f"{args.samples} calibration samples), measured by `python benchmarks/large_model.py`. Peak RSS is the "
             "optimize process's. The weights are read from the external data file once (into the prepared "
-            "model); onnxruntime sessions on the float model load their own copy while they live.\n\n"
-            + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("large_model.md", text)
+            "model); onnxruntime sessions on the float model load their own copy while they live."), header, rows)
 
 
 if __name__ == "__main__":

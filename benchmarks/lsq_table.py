@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from common import bench_models, markdown_table, write_result
+from common import bench_models, publish
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates, quant
 from onnxmp.data import make_calibration_set, read_npz
@@ -55,7 +55,7 @@ def main() -> None:
             start = time.perf_counter()
             fine = finetune(ptq, bench.model, out, bench.calib,
                             FinetuneConfig(epochs=args.epochs, learning_rate=args.lr, batch=args.batch),
-                            workdir=os.path.join(tmp, "job"), progress=lambda e: print(bench.name, e, flush=True))
+                            workdir=os.path.join(tmp, "job"), progress=lambda e, n=bench.name: print(n, e, flush=True))
             seconds = time.perf_counter() - start
             losses = [e["loss"] for e in fine["epochs"]]
             fmt = (lambda v: f"{v:.1f}") if "%" in bench.metric else (lambda v: f"{v:.4f}")
@@ -64,14 +64,11 @@ def main() -> None:
                          f"{output_sqnr(out, bench.model, bench.calib):.2f}",
                          f"{losses[0]:.4g} → {losses[-1]:.4g}", str(len(losses)), f"{seconds:.0f}"])
             print(" | ".join(rows[-1]), flush=True)
-    text = ("LSQ fine-tuning (`onnxmp finetune`, distillation from the float model on the calibration samples, "
+    publish("lsq.md", ("LSQ fine-tuning (`onnxmp finetune`, distillation from the float model on the calibration samples, "
             f"AdamW lr {args.lr}, batch {args.batch}) after onnxmp's uniform W4A8 with AdaRound, measured by "
             "`python benchmarks/lsq_table.py`; scores on each model's labelled evaluation set; SQNR of the pre-softmax "
             "outputs against the float model on the calibration samples (the data LSQ trained on). W4A8 is the lowest "
-            "the onnxruntime QDQ export takes today (4-bit activations are not a candidate yet).\n\n"
-            + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("lsq.md", text)
+            "the onnxruntime QDQ export takes today (4-bit activations are not a candidate yet)."), header, rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 import time
 
-from common import bench_models, markdown_table, write_result
+from common import bench_models, publish
 
 from onnxmp import OptimizeConfig, optimize
 from onnxmp.evaluate import Evaluator
@@ -52,11 +52,8 @@ def main() -> None:
                          len(record["pareto_curve"]), t["evaluations"], t["binary_search_evaluations"],
                          f"{cold:.1f}", f"{cached:.1f}"])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
-    text = ("Accuracy targets (absolute drop of the task score from all-W8A16), candidates W4A8,W8A8,W8A16. "
-            "Evaluations count real exported models scored by the task evaluator, the baseline included.\n\n"
-            + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("targets.md", text)
+    publish("targets.md", ("Accuracy targets (absolute drop of the task score from all-W8A16), candidates W4A8,W8A8,W8A16. "
+            "Evaluations count real exported models scored by the task evaluator, the baseline included."), header, rows)
 
 
 if __name__ == "__main__":

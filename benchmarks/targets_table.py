@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import bench_models, markdown_table, write_result
+from common import bench_models, publish
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import ConfigError, OnnxmpError
@@ -82,14 +82,11 @@ def main() -> None:
             for target in args.targets:
                 rows.append(run(bench, target, calib))
                 print(" | ".join(rows[-1]), flush=True)
-    text = ("Deployment targets, measured by `python benchmarks/targets_table.py` "
+    publish("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
             f"({args.samples} calibration samples per model). BOPs relative to the target's all-highest "
             "candidate. SQNR at the pre-softmax/sigmoid outputs against the float model on the calibration "
             "samples, computed by the target's runtime (QNN HTP emulated on x86-64 by onnxruntime-qnn; OpenVINO "
-            "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file.\n\n"
-            + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("targets_edge.md", text)
+            "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file."), header, rows)
 
 
 if __name__ == "__main__":
