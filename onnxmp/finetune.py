@@ -181,8 +181,10 @@ def write_back(qdq: onnx.ModelProto, graph: TrainingGraph, learned: dict[str, np
                 np.clip(np.round(w / scale), *quant.signed_range(q.bits)).astype(np.int32)
             _replace(inits[dq.input[1]], scale)
             inits[dq.input[0]].CopyFrom(integer_tensor(dq.input[0], ints, q.bits))
-    for name in graph.weights:
-        if name.endswith("_lsq_float"):
+    quantized = {q.tensor for q in graph.quantizers}
+    for trained in graph.weights:
+        name = trained.removesuffix("_lsq_float")
+        if name in quantized:
             continue
         dq = producers[name]  # an int32 bias
         layer = readers[name][0]
@@ -190,7 +192,7 @@ def write_back(qdq: onnx.ModelProto, graph: TrainingGraph, learned: dict[str, np
         if s_in is None or s_w is None:
             raise ModelError(f"bias {name}: cannot find the learned scales of {layer.name}'s input and weight")
         scale = (np.float32(s_in) * s_w).astype(np.float32)
-        ints = np.round(np.asarray(learned[name], np.float64) / scale)
+        ints = np.round(np.asarray(learned[trained], np.float32) / scale)
         _replace(inits[dq.input[1]], scale)
         inits[dq.input[0]].CopyFrom(integer_tensor(dq.input[0], np.clip(ints, -(2**31), 2**31 - 1), 32))
     return out

@@ -7,8 +7,8 @@ a trainable step size ``s`` (initialised from the QDQ scale; per channel for wei
 tensor for activations; zero points stay fixed). ``round`` passes gradients straight through
 (STE) and ``s``'s gradient is scaled by ``g = 1/√(N·Q_P)`` (N: weights of the layer, or
 features of the activation), both built from standard ops with ``stop_gradient``. Weights train
-too (initialised from the float model), biases stay float while training and are requantized
-to int32 at write-back, as integer kernels need.
+too (initialised from the float model); a bias is rounded on the grid of its layer's input
+scale × weight scale, as the int32 bias of the QDQ model is.
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ class _Builder:
         rounded = self.stop_gradient(self.op("Round", [x]))
         return self.op("Add", [rounded, self.op("Sub", [x, self.stop_gradient(x)])])
 
+    def bias_quant(self, bias: str, input_scale: str, weight_scale: str, out: str) -> None:
+        """out = round(b / S)·S with S = input scale × weight scale, as the int32 bias the QDQ
+        model stores (S is a constant to the gradient; b passes straight through)."""
+        scale = self.op("Mul", [self.stop_gradient(input_scale), self.stop_gradient(weight_scale)])
+        q = self.round_ste(self.op("Div", [bias, scale]))
+        self.nodes.append(helper.make_node("Mul", [q, scale], [out], name=out + "_lsq"))
+
     def fake_quant(self, x: str, scale: str, zero: np.ndarray, qmin: int, qmax: int, g: float, out: str,
                    shape: list[int] | None) -> None:
         """out = s·(round(clip(x/s + z, qmin, qmax)) − z), s's gradient scaled by g: clipping
@@ -117,6 +124,10 @@ def training_graph(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> Traini
     kept_inits: list[TensorProto] = []
     consumed: set[str] = set()
     producers = {o: n for n in qdq.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in qdq.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     for node in qdq.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # a weight or bias
             q_name, s_name = node.input[0], node.input[1]
@@ -130,9 +141,12 @@ def training_graph(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> Traini
             name = node.output[0]
             start = numpy_helper.to_array(floats[name]).astype(np.float32) if name in floats else dq
             consumed |= {q_name, s_name, *node.input[2:]}
-            if bits == 32:  # int32 bias: trained as float, requantized at write-back
-                kept_inits.append(numpy_helper.from_array(start, name))
-                trainable.append(name)
+            if bits == 32:  # int32 bias: quantized on the layer's (learned) input × weight scale
+                float_name = name + "_lsq_float"
+                kept_inits.append(numpy_helper.from_array(start, float_name))
+                trainable.append(float_name)
+                layer = readers[name][0]
+                b.bias_quant(float_name, layer.input[0] + "_lsq_scale", layer.input[1] + "_lsq_scale", name)
                 continue
             float_name = name + "_lsq_float"
             kept_inits.append(numpy_helper.from_array(start, float_name))

@@ -115,6 +115,16 @@ def test_finetune_moves_parameters_lowers_loss_and_writes_a_qdq_model(tmp_path):
     assert any(n.endswith("_scale") for n in changed) and any(n.endswith("_quantized") for n in changed)
     session = make_session(str(out))  # stock onnxruntime runs it
     assert session.run(None, {"input": test["input"][:4]})[0].shape == (4, 10)
+    # the written-back QDQ model computes what the training graph computed with the learned values
+    train = onnx.load(str(tmp_path / "job" / "train.onnx"))
+    learned = dict(np.load(tmp_path / "job" / "learned.npz"))
+    for tensor in train.graph.initializer:
+        if tensor.name in learned:
+            tensor.CopyFrom(numpy_helper.from_array(learned[tensor.name].astype(np.float32), tensor.name))
+    x = test["input"][:100]
+    trained = make_session(train, optimized=False).run(None, {"input": x})[0]
+    written = make_session(str(out), optimized=False).run(None, {"input": x})[0]  # no integer-kernel fusion
+    np.testing.assert_allclose(written, trained, rtol=1e-5, atol=1e-5 * np.abs(trained).max())
     # a rerun resumes: every epoch is done, nothing is retrained
     shutil.copy(tmp_path / "job" / "progress.json", tmp_path / "progress.json")
     again = finetune(str(tmp_path / "q.onnx"), "models/digits/digits_cnn.onnx", str(out), str(tmp_path / "train.npz"),
