@@ -141,7 +141,7 @@ def training_graph(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> Traini
             name = node.output[0]
             start = numpy_helper.to_array(floats[name]).astype(np.float32) if name in floats else dq
             consumed |= {q_name, s_name, *node.input[2:]}
-            if bits == 32:  # int32 bias: quantized on the layer's (learned) input × weight scale
+            if bits == 32:  # int32 bias: quantized on the layer's (learned) input scale times weight scale
                 float_name = name + "_lsq_float"
                 kept_inits.append(numpy_helper.from_array(start, float_name))
                 trainable.append(float_name)
