@@ -91,3 +91,16 @@ def test_bad_options(cnn_path, tmp_path, capsys, option, message):
     _fails(capsys, _args(cnn_path, tmp_path / "o.onnx", *option), message)
     assert not (tmp_path / "o.onnx").exists()
     assert not list(tmp_path.glob(".onnxmp-*"))  # no temporary file left either
+
+
+def test_finetune_without_training_environment_is_one_clear_error(cnn_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONNXMP_TRAIN_PYTHON", str(tmp_path / "no-such-env" / "bin" / "python"))
+    quantized = tmp_path / "q.onnx"
+    assert main(["optimize", str(cnn_path), str(quantized), "--no-cache", "-q", "--no-adaround"]) == 0
+    code = main(["finetune", str(quantized), str(cnn_path), str(tmp_path / "ft.onnx"), "--data",
+                 str(tmp_path / "calib.npz"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "onnxmp finetune --setup" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ft.onnx").exists()
+    assert main(["finetune", str(quantized)]) == 1  # missing arguments
+    assert "needs QUANTIZED FLOAT OUTPUT" in capsys.readouterr().err
