@@ -48,12 +48,13 @@ def run(bench, target: str, calib: str) -> list[str]:
     config = OptimizeConfig(candidates=parse_candidates(profile.default_candidates), budget=budget, calib=calib,
                             cache_dir=None, target=target)
     try:
-        record = optimize(bench.model, None, config).record
-    except ConfigError as exc:
-        if "below the cheapest" not in str(exc):
-            raise
-        budget = 1.0
-        record = optimize(bench.model, None, dataclasses.replace(config, budget=1.0)).record
+        try:
+            record = optimize(bench.model, None, config).record
+        except ConfigError as exc:
+            if "below the cheapest" not in str(exc):
+                raise
+            budget = 1.0
+            record = optimize(bench.model, None, dataclasses.replace(config, budget=1.0)).record
     except OnnxmpError as exc:  # a broken promise on the target is a result too
         return [bench.name, target, profile.default_candidates, f"{budget:g}", "—", "—", f"refused: {exc}", "—", "—",
                 f"{time.perf_counter() - start:.0f}"]

@@ -44,8 +44,9 @@ def compile_cpu(path: str):
     core = ov.Core()
     try:
         return core.compile_model(core.read_model(path), "CPU")
-    except Exception as exc:
-        raise ModelError(f"OpenVINO cannot compile the model: {str(exc).strip().splitlines()[0]}") from exc
+    except Exception as exc:  # OpenVINO's message is a stack of "Exception from <file>" lines: keep the cause
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+        raise ModelError(f"OpenVINO cannot compile the model: {' '.join(lines)[:400] or str(exc)[:400]}") from exc
 
 
 def layer_precisions(compiled) -> dict[str, list[str]]:
