@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxmp.errors import NothingToQuantizeError
-from onnxmp.graph import GraphIndex
+from onnxmp.graph import GraphIndex, subgraph_reads
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +166,24 @@ def _is_fused_output(tensor: str, index: GraphIndex) -> bool:
             and all(r.op_type in FUSABLE_ACTIVATIONS for r in readers))
 
 
+def constant_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
+    """Tensors computed from initializers alone (a reshaped bias, a scaled constant): constants
+    the runtime folds, not activations to quantize (OpenVINO's low-precision passes fail on an
+    Add of two dequantized inputs when one of them is such a constant)."""
+    constant = set(index.initializers)
+    for node in graph.node:
+        reads = [n for n in [*node.input, *subgraph_reads(node)] if n]
+        if reads and all(n in constant for n in reads):
+            constant.update(o for o in node.output if o)
+    return constant - set(index.initializers)
+
+
 def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str]
                            ) -> tuple[list[str], list[Skip]]:
     """Float tensors read or written by quantized ops, in graph order, and those skipped."""
     chosen: dict[str, None] = {}
     skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
+    constant = constant_tensors(graph, index)
     fused = {node.output[0] for node in graph.node
              if isinstance(_try_weighted_op(node, index), WeightedOp) and _is_fused_output(node.output[0], index)}
     for name in sorted(fused):
@@ -186,12 +199,12 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float
             if position not in ACTIVATION_INPUTS.get(node.op_type, (position,)):
                 skips.append(Skip(name, f"parameter input {position} of {node.name} ({node.op_type}) kept float"))
                 continue
-            if name in index.initializers:
+            if name in index.initializers or name in constant:
                 skips.append(Skip(name, f"constant operand of {node.name} ({node.op_type}) kept float"))
                 continue
             chosen[name] = None
         for name in node.output:
-            if name and name not in fused and name not in keep_float and index.is_float(name):
+            if name and name not in fused and name not in keep_float and name not in constant and index.is_float(name):
                 chosen[name] = None
     return list(chosen), skips
 

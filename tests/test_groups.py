@@ -66,3 +66,23 @@ def test_model_without_quantizable_ops_is_refused():
         g (float[N, 4] x) => (float[N, 4] y) { y = Exp(x) }""")
     with pytest.raises(NothingToQuantizeError):
         find_quantizers(prepare_model(model))
+
+
+def test_tensors_computed_from_constants_are_not_activation_quantizers():
+    """A bias reshaped at run time (Reshape of an initializer) added to a MatMul output: the
+    reshaped constant stays float; the MatMul output is still quantized."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Reshape", ["b", "shape"], ["b2"], name="reshape_bias"),
+             helper.make_node("Add", ["m", "b2"], ["y"], name="add_bias")]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 3], np.int64), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    plan = find_quantizers(prepare_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])))
+    assert "b2" not in plan.activations and {"m", "y"} <= set(plan.activations)
+    assert any(s.name == "b2" and "constant" in s.reason for s in plan.skips)
