@@ -173,13 +173,28 @@ def training_graph(qdq: onnx.ModelProto, float_model: onnx.ModelProto) -> Traini
             features = _features(float_model, node.output[0]) or _features(qdq, q_node.input[0]) or 1
             b.fake_quant(q_node.input[0], step, zero, qmin, qmax, 1.0 / np.sqrt(features * qmax), node.output[0], None)
             quantizers.append(LsqQuantizer(node.output[0], step, "activation", bits, signed, None))
-    nodes = [n for n in qdq.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    nodes = [m for n in qdq.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+             for m in _differentiable(n, b)]
     kept_inits += [t for t in qdq.graph.initializer if t.name not in consumed]
     graph = helper.make_graph(b.nodes + nodes, qdq.graph.name + "_lsq", list(qdq.graph.input), list(qdq.graph.output),
                               kept_inits + b.inits)
     model = helper.make_model(graph, opset_imports=list(qdq.opset_import), ir_version=min(qdq.ir_version, 10))
     model = _topological(model)
     return TrainingGraph(model, tuple(quantizers), tuple(trainable), tuple(o.name for o in qdq.graph.output))
+
+
+def _differentiable(node: onnx.NodeProto, b: _Builder) -> list[onnx.NodeProto]:
+    """The node, or ops with registered gradients computing the same: onnxruntime-training has no
+    gradient for HardSigmoid, which is max(0, min(1, alpha·x + beta))."""
+    if node.op_type != "HardSigmoid":
+        return [node]
+    attrs = {a.name: a.f for a in node.attribute}
+    scaled = b.const(attrs.get("alpha", 0.2))
+    shifted = b.const(attrs.get("beta", 0.5))
+    mul, add = node.name + "_lsq_mul", node.name + "_lsq_add"
+    return [helper.make_node("Mul", [node.input[0], scaled], [mul], name=mul),
+            helper.make_node("Add", [mul, shifted], [add], name=add),
+            helper.make_node("Clip", [add, b.const(0.0), b.const(1.0)], list(node.output), name=node.name)]
 
 
 def _features(model: onnx.ModelProto, tensor: str) -> int:
