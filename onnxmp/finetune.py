@@ -82,9 +82,12 @@ def run_worker(workdir: str, job: dict, progress: Callable[[dict], None] | None 
         if line.startswith("{") and progress:
             progress(json.loads(line))
     err = process.stderr.read()
-    if process.wait() != 0:
-        last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or ["no message"]
-        raise ModelError(f"LSQ training failed in the training environment: {last[0]}")
+    code = process.wait()
+    if code != 0:  # the runtime logs info lines on stderr too: report the last other one
+        lines = [ln for ln in err.strip().splitlines() if ln.strip() and "[I:" not in ln and "[W:" not in ln]
+        cause = f"killed by signal {-code}" if code < 0 else (lines[-1].strip() if lines else f"exit status {code}")
+        raise ModelError(f"LSQ training failed in the training environment ({os.path.basename(python)}): "
+                         f"{cause[:300]}; the job is kept in {workdir}")
 
 
 def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, labels: np.ndarray | None,
