@@ -25,6 +25,9 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     ``large.LARGE_BYTES`` goes through a temporary file with external data."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle sessions' threads must not spin: onnxmp keeps several sessions (suffixes, workers) and
+    # switches between them, and spinning pools would take the cores from the one running.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
