@@ -33,7 +33,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from common import bench_models, markdown_table  # noqa: E402
+from common import bench_models, markdown_table, write_result  # noqa: E402
 
 from onnxmp import OptimizeConfig, parse_candidates  # noqa: E402
 from onnxmp.data import read_npz  # noqa: E402
@@ -206,9 +206,7 @@ def main() -> None:
         notes += [note] if note else []
         print(" | ".join(rows[bench.name]), flush=True)
     text = _write(rows, notes, [b.name for b in bench_models()])
-    os.makedirs(os.path.dirname(RESULT), exist_ok=True)
-    with open(RESULT, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_result("robustness.md", text)
     print(text)
 
 

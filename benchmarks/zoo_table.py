@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import bench_models, markdown_table  # noqa: E402
+from common import bench_models, markdown_table, write_result  # noqa: E402
 from peers import ort_quantize_static_w8a8  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates, quant  # noqa: E402
@@ -409,9 +409,7 @@ def main() -> None:
     for bench in benches:
         sections[bench.name] = run_model(bench, budgets, args.samples, args.cache_dir, args.workers)
     text = _merge(sections, [b.name for b in bench_models()], budgets)
-    os.makedirs(os.path.dirname(RESULT), exist_ok=True)
-    with open(RESULT, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_result("zoo.md", text)
     print(text)
 
 

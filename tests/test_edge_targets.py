@@ -82,6 +82,22 @@ def _activation_types(model: onnx.ModelProto) -> set[int]:
     return {zps[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
 
 
+def _on_target(target: str, candidates: str, budget: float, path: str, calib: str, folder, activation_type: int
+               ) -> tuple[dict, onnx.ModelProto]:
+    """Optimize for ``target`` and check what every target shares: quality on the target is
+    reported and close to onnxruntime CPU's, weights are int4/int8 (int32 biases) and activations
+    of the given type. Returns the verification and the written model."""
+    out = folder / f"{target}.onnx"
+    record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates(candidates), budget=budget,
+                                                     calib=calib, cache_dir=None, target=target)).record
+    check = record["deployment_target"]["verification"]
+    assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
+    model = onnx.load(str(out))
+    assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
+    assert _activation_types(model) == {activation_type}
+    return check, model
+
+
 def test_profiles_narrow_each_groups_candidates():
     plan = find_quantizers(prepare_model(onnx.load(DIGITS)))
     candidates = parse_candidates("W4A8,W8A8,W4A16,W8A16")
@@ -116,32 +132,18 @@ def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):
 @needs_qnn
 def test_qnn_htp_runs_every_quantized_node_and_reports_its_quality(block_path, tmp_path):
     for path, calib in _models(block_path):
-        out = tmp_path / "htp.onnx"
-        record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates("W4A16,W8A16"), budget=0.75,
-                                                         calib=calib, cache_dir=None, target="qnn-htp")).record
-        check = record["deployment_target"]["verification"]
+        check, model = _on_target("qnn-htp", "W4A16,W8A16", 0.75, path, calib, tmp_path, TensorProto.UINT16)
         assert check["promise_kept"] and check["fallback"] == []
         # only the graph-input QuantizeLinear and graph-output DequantizeLinear stay on the CPU
         assert check["on_cpu"] == len(check["cpu_by_design"]) == 2 and check["htp_partitions"] >= 1
-        assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
-        model = onnx.load(str(out))
         assert all(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim)  # static shapes
-        assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
-        assert _activation_types(model) == {TensorProto.UINT16}
 
 
 @needs_openvino
 def test_openvino_runs_weighted_layers_in_integer_and_reports_its_quality(block_path, tmp_path):
     for path, calib in _models(block_path):
-        out = tmp_path / "ov.onnx"
-        record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates("W4A8,W8A8"), budget=1.0,
-                                                         calib=calib, cache_dir=None, target="openvino")).record
-        check = record["deployment_target"]["verification"]
+        check, _ = _on_target("openvino", "W4A8,W8A8", 1.0, path, calib, tmp_path, TensorProto.UINT8)
         assert check["weighted_layers"] > 0 and check["integer_layers"] == check["weighted_layers"]
-        assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
-        model = onnx.load(str(out))
-        assert _activation_types(model) == {TensorProto.UINT8}
-        assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
 
 
 def test_missing_target_runtime_is_one_clear_error(tmp_path, capsys, monkeypatch):
