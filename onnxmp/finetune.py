@@ -115,7 +115,7 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     """LSQ-fine-tune ``quantized`` (an onnxmp QDQ model of ``float_path``) on ``data_path`` and
     write the result to ``output``. ``workdir`` keeps the job (a rerun resumes from its last
     checkpoint). Returns a record of the epochs."""
-    qdq = load_model_any(quantized)
+    qdq = load_qdq_model(quantized)
     float_model = prepare_model(load_model(float_path), os.path.dirname(os.path.abspath(float_path)))
     graph = training_graph(qdq, float_model)
     raw = read_npz(data_path)
@@ -146,7 +146,7 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     return {"epochs": epochs, "workdir": workdir, "loss": loss}
 
 
-def load_model_any(path: str) -> onnx.ModelProto:
+def load_qdq_model(path: str) -> onnx.ModelProto:
     """A QDQ model (the float-model checks of ``load_model`` would refuse it)."""
     try:
         model = onnx.load(path)

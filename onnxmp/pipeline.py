@@ -307,18 +307,16 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
 
 
 def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulator: Simulator) -> dict:
-    """Run the exported model where it will be deployed; refuse when the profile's promise (every
-    quantized op runs on the target) is broken there."""
+    """Run the exported model where it will be deployed; refuse when the profile's promise is
+    broken there and the profile says that is an error (else warn)."""
     with tempfile.TemporaryDirectory(prefix="onnxmp-target-") as folder:
         report = profile.verify(qdq, analysis.data, simulator.observed, simulator.reference, folder)
     logger.info("on %s: %s", profile.name, {k: v for k, v in report.items() if not isinstance(v, list)})
-    if not report["promise_kept"] and profile.name == "qnn-htp":
-        first = report["fallback"][0]
-        raise ModelError(f"--target {profile.name}: {len(report['fallback'])} quantized node(s) fall back to the CPU, "
-                         f"e.g. {first['node']} ({first['op_type']}): {first['reason'] or 'no reason given'}")
-    if not report["promise_kept"]:
-        logger.warning("on %s, %d weighted layer(s) do not run in integer precision: %s", profile.name,
-                       len(report.get("not_integer", [])), ", ".join(report.get("not_integer", [])[:5]))
+    broken = report.get("broken_promise")
+    if broken and profile.refuse_broken_promise:
+        raise ModelError(f"--target {profile.name}: {broken}")
+    if broken:
+        logger.warning("on %s, %s", profile.name, broken)
     return report
 
 

@@ -48,6 +48,7 @@ class TargetProfile:
     extra: str | None = None  # pip extra with the target's runtime
     verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
     open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
+    refuse_broken_promise: bool = False  # verify's "broken_promise" is an error (else a warning)
 
     def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
         if cand.a_bits not in self.activation_bits:

@@ -106,14 +106,17 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
     # OpenVINO names a layer after the ONNX node, plus suffixes such as "/WithoutBiases"
     has_weights = lambda layer: any(layer == w or layer.startswith(w + "/") for w in weighted)  # noqa: E731
     with_weights = [(n, p) for n, p in layers if has_weights(n)]
+    not_integer = sorted(n for n, p in with_weights if p not in INTEGER)
     return {
         "target": "openvino", "device": "CPU", "weighted_layers": len(with_weights),
         "integer_layers": sum(p in INTEGER for _, p in with_weights),
         "precisions": {k: len(v) for k, v in precisions.items()},
-        "not_integer": sorted(n for n, p in with_weights if p not in INTEGER),
+        "not_integer": not_integer,
         "other_layers_not_integer": sorted(n for n, p in layers if not has_weights(n) and p not in INTEGER),
         "inference_precision": str(session.compiled.get_property("INFERENCE_PRECISION_HINT")),
-        "sqnr_db": sqnr, "promise_kept": all(p in INTEGER for _, p in with_weights),
+        "sqnr_db": sqnr, "promise_kept": not not_integer,
+        "broken_promise": None if not not_integer else (
+            f"{len(not_integer)} weighted layer(s) do not run in integer precision: {', '.join(not_integer[:5])}"),
     }
 
 

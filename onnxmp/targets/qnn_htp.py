@@ -120,6 +120,9 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
         "on_target": len(probe.graph.node) - len(cpu), "on_cpu": len(cpu),
         "fallback": unexpected, "cpu_by_design": [c["node"] for c in cpu if _by_design(c, probe)],
         "sqnr_db": sqnr, "promise_kept": not unexpected,
+        "broken_promise": None if not unexpected else (
+            f"{len(unexpected)} quantized node(s) fall back to the CPU, e.g. {unexpected[0]['node']} "
+            f"({unexpected[0]['op_type']}): {unexpected[0]['reason'] or 'no reason given'}"),
     }
 
 
@@ -140,4 +143,5 @@ PROFILE = TargetProfile(
     extra="qnn",
     verify=verify,
     open_session=open_session,
+    refuse_broken_promise=True,
 )
