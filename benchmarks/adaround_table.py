@@ -14,7 +14,7 @@ import os
 import tempfile
 
 import numpy as np
-from common import bench_models, markdown_table, write_result
+from common import bench_models, git_state, publish_merged
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 
@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="use only the first N calibration samples")
     args = parser.parse_args()
     header = ["model", "config", "rounding", "BOPs", "SQNR dB", "task score", "AdaRound s/layer", "layers×bits"]
-    rows = []
+    rows, notes = [], {}
     for bench in bench_models(args.models):
+        notes[bench.name] = f"onnxmp {git_state()}" + (f", first {args.samples} calibration samples" if args.samples else
+                                                     ", all calibration samples")
         with tempfile.TemporaryDirectory() as tmp:
             calib = _limited_calib(bench.calib, args.samples, tmp)
             setups = [("uniform W4A8", parse_candidates("W4A8"), 1.0)]
@@ -62,14 +64,13 @@ def main() -> None:
                                  _ada_time(ada),
                                  f"{ada['layers']}×{len(ada['bits'])}" if ada else "—"])
                     print(" | ".join(rows[-1]), flush=True)
-    text = ("AdaRound vs nearest rounding (`--adaround`: every weight bit-width below 16; the default rounds "
-            "only below 8 bits). BOPs relative to all-W8A16; SQNR of the exported model on onnxruntime; "
-            "task score on the model's labelled evaluation set"
-            + (f"; {args.samples} calibration samples" if args.samples else "") + ".\n\n"
-            + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("adaround.md", text)
-
+    publish_merged("adaround.md", (
+        "AdaRound vs nearest rounding, measured by `python benchmarks/adaround_table.py` (`--adaround on`: every "
+        "weight bit-width below 16; the default rounds only below 8 bits). BOPs relative to all-W8A16; SQNR of the "
+        "exported model on onnxruntime vs the float model on the calibration samples; task score on the model's "
+        "labelled evaluation set; AdaRound s/layer: wall time of AdaRound per (layer, bit-width), `cached` when the "
+        "first run of the model already rounded them. Models are run one at a time (`--models NAME`); each keeps "
+        "its own note."), header, rows, notes)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -62,6 +64,46 @@ def publish(name: str, caption: str, header: list[str], rows: list[list[str]]) -
     text = caption + "\n\n" + markdown_table(header, rows) + "\n"
     print(text)
     write_result(name, text)
+
+
+def publish_merged(name: str, caption: str, header: list[str], rows: list[list[str]],
+                   notes: dict[str, str] | None = None) -> str:
+    """Like publish, but rows (first cell: the model) and notes of models not in ``rows`` are kept
+    from the previous file, so models can be benchmarked one run at a time; returns the text."""
+    path = os.path.join(HERE, "results", name)
+    rerun = {row[0] for row in rows}
+    old_rows: list[list[str]] = []
+    old_notes: dict[str, str] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("| ") and len(cells) == len(header) and cells != header and cells[0] not in rerun:
+                old_rows.append(cells)
+        old_notes = {a: b for a, b in re.findall(r"^- \*\*(\S+)\*\*: (.*)$", text, re.M) if a not in rerun}
+    order = [m.name for m in bench_models()]
+    rank = {n: i for i, n in enumerate(order)}
+    merged = sorted(old_rows + rows, key=lambda r: rank.get(r[0], len(order)))  # stable: row order kept per model
+    all_notes = {**old_notes, **(notes or {})}
+    text = (caption + "\n\n" + markdown_table(header, merged) + "\n"
+            + "".join(f"\n- **{n}**: {all_notes[n]}" for n in sorted(all_notes, key=lambda n: rank.get(n, len(order))))
+            + ("\n" if all_notes else ""))
+    print(text)
+    write_result(name, text)
+    return text
+
+
+def git_state() -> str:
+    """The commit the package was run at (and whether onnxmp/ had uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxmp"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" with uncommitted changes in onnxmp/" if dirty else "")
 
 
 def write_result(name: str, text: str) -> None:

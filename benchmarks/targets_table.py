@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import bench_models, publish
+from common import bench_models, git_state, publish_merged
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import ConfigError, OnnxmpError
@@ -74,20 +74,22 @@ def main() -> None:
     args = parser.parse_args()
     header = ["model", "target", "candidates", "budget", "chosen mix (groups)", "BOPs", "placement on the target",
               "SQNR on target dB", "SQNR onnxruntime CPU dB", "s"]
-    rows = []
+    rows, notes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for bench in bench_models(args.models):
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})
+            notes[bench.name] = f"onnxmp {git_state()}, {min(args.samples, len(arrays[arrays.files[0]]))} samples"
             for target in args.targets:
                 rows.append(run(bench, target, calib))
                 print(" | ".join(rows[-1]), flush=True)
-    publish("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
-            f"({args.samples} calibration samples per model). BOPs relative to the target's all-highest "
+    publish_merged("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
+            "(calibration samples per model in its note). BOPs relative to the target's all-highest "
             "candidate. SQNR at the pre-softmax/sigmoid outputs against the float model on the calibration "
             "samples, computed by the target's runtime (QNN HTP emulated on x86-64 by onnxruntime-qnn; OpenVINO "
-            "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file."), header, rows)
+            "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file. "
+            "Models are run one at a time (`--models NAME`); each keeps its own note."), header, rows, notes)
 
 
 if __name__ == "__main__":

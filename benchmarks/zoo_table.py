@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import bench_models, markdown_table, write_result  # noqa: E402
+from common import bench_models, git_state, markdown_table, write_result  # noqa: E402
 from peers import ort_quantize_static_w8a8  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates, quant  # noqa: E402
@@ -230,7 +230,7 @@ def _subset_calib(path: str, samples: int | None, folder: str) -> tuple[str, int
 
 
 def run_model(bench, budgets: list[float], samples: int | None, cache_root: str | None, workers: int = 1) -> str:
-    start_model, state = time.perf_counter(), _git_state()
+    start_model, state = time.perf_counter(), git_state()
     # entries: (config, score, sqnr cell, bops cell, memory cell, file, record or None, seconds, mix)
     entries: list[tuple] = []
 
@@ -336,21 +336,6 @@ def run_model(bench, budgets: list[float], samples: int | None, cache_root: str 
         caption += f" Peer: {peer_note}."
     return "\n\n".join([caption, markdown_table(header, rows),
                         verdict(bench.name, bench.metric, uniform_points, mixed_points)])
-
-
-def _git_state() -> str:
-    """The commit the package was run at (and whether onnxmp/ had uncommitted changes)."""
-    import subprocess
-
-    root = os.path.dirname(HERE)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxmp"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes in onnxmp/" if dirty else "")
 
 
 def _mix(record: dict) -> str:
