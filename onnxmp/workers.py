@@ -39,7 +39,9 @@ class GroupMeasurer:
         self.base_nsr = base_nsr
         self.groups = {g.gid: g for g in simulator.plan.groups}
         highest = next(iter(allowed.values()))[-1]
-        simulator.keep_baseline({g: highest for g in self.groups}, max_memory or DEFAULT_MAX_MEMORY)
+        budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+        if budget > 0:  # --max-memory 0: every evaluation runs the whole graph
+            simulator.keep_baseline({g: highest for g in self.groups}, budget)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> GroupMeasurer:
