@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxmp.data import CalibrationSet
 from onnxmp.graph import subgraph_reads
@@ -85,21 +85,24 @@ def find_cuts(graph: onnx.GraphProto, fed: set[str], observed: Iterable[str], co
     return [Cut(k, tuple(sorted(t for t, at in made.items() if at < k <= last_use.get(t, at)))) for k in positions]
 
 
-def suffix_model(model: onnx.ModelProto, cut: Cut, outputs: list[str], types: dict[str, tuple[int, list]]
-                 ) -> onnx.ModelProto:
+def suffix_model(model: onnx.ModelProto, cut: Cut, outputs: list[str], types: dict[str, tuple[int, list]],
+                 constants: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The nodes from ``cut.position`` on, reading the cut's live tensors as graph inputs
     (``types``: element type and shape of each, as the baseline run gave them; a loop's body
-    needs its inputs' shapes)."""
+    needs its inputs' shapes). Graph inputs named in ``constants`` become initializers of
+    those values (onnxruntime pre-packs constant weights and folds constant parameters)."""
     graph = model.graph
+    constants = constants or {}
     nodes = list(graph.node)[cut.position:]
     reads = set().union(*(node_reads(n) for n in nodes)) if nodes else set()
     inputs = [helper.make_tensor_value_info(name, *types[name]) for name in cut.live]
     live = set(cut.live)
-    inputs += [i for i in graph.input if i.name in reads and i.name not in live]
+    inputs += [i for i in graph.input if i.name in reads and i.name not in live and i.name not in constants]
+    initializers = [t for t in graph.initializer if t.name in reads]
+    initializers += [numpy_helper.from_array(value, name) for name, value in constants.items() if name in reads]
     suffix = helper.make_graph(
         nodes, graph.name + "_suffix", inputs,
-        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs],
-        [t for t in graph.initializer if t.name in reads])
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in outputs], initializers)
     made = {o for n in nodes for o in n.output}
     suffix.value_info.extend(v for v in graph.value_info if v.name in made)
     return helper.make_model(suffix, opset_imports=list(model.opset_import), ir_version=model.ir_version)
@@ -114,9 +117,22 @@ def _observed_type(batches: list[np.ndarray]) -> tuple[int, list]:
     return helper.np_dtype_to_tensor_dtype(batches[0].dtype), None if rank_varies else dims
 
 
+@dataclasses.dataclass
+class _Suffix:
+    """A suffix session and the parameter feeds it takes as inputs (the rest are baked in)."""
+
+    session: object
+    varying: frozenset[str]
+    baked_bytes: int
+
+
 class CutCache:
     """The baseline's live tensors at the kept cuts, per calibration batch, and one suffix
-    session per cut (made when first needed)."""
+    session per cut (made when first needed). A suffix session takes as inputs only the
+    parameters that can differ from the baseline in evaluations starting at its cut (those first
+    read before the next cut, and any seen differing); the others are baked in at their
+    baseline values while the baked bytes fit what ``max_memory`` leaves: constant weights
+    let onnxruntime pre-pack and fuse (1.5-2x faster convolutions)."""
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
@@ -131,8 +147,9 @@ class CutCache:
         self.types = {name: _observed_type([batch[name] for batch in batches])
                       for batches in self.values.values() for name in batches[0]}
         self.bytes = sum(v.nbytes for batches in self.values.values() for batch in batches for v in batch.values())
-        self._sessions: dict[int, object] = {}
+        self._sessions: dict[int, _Suffix] = {}
         self._produced_by_position: dict[int, set[str]] = {}
+        self._bake_budget = max(0, max_memory - self.bytes)
         logger.info("partial re-evaluation: %d cuts kept of %d, %.1f MB cached", len(self.cuts), len(candidates),
                     self.bytes / 2**20)
 
@@ -158,16 +175,20 @@ class CutCache:
                 values[cut.position].append({t: got[t] for t in cut.live})
         return kept, values
 
-    def start_of_change(self, feeds: dict[str, np.ndarray]) -> int:
-        """Index of the first node that reads a feed differing from the baseline's (the node
-        count when nothing differs)."""
-        start = len(self.model.graph.node)
+    def changed(self, feeds: dict[str, np.ndarray]) -> set[str]:
+        """Names of the feeds that differ from the baseline's."""
+        differ = set()
         for name, value in feeds.items():
             base = self.baseline_feeds.get(name)
             if base is value or (base is not None and base.shape == value.shape and np.array_equal(base, value)):
                 continue
-            start = min(start, self._first_reader.get(name, start))
-        return start
+            differ.add(name)
+        return differ
+
+    def start_of_change(self, changed: set[str]) -> int:
+        """Index of the first node that reads a changed feed (the node count when none)."""
+        start = len(self.model.graph.node)
+        return min((self._first_reader.get(name, start) for name in changed), default=start)
 
     def cut_before(self, start: int) -> Cut | None:
         usable = [c for c in self.cuts if c.position <= start]
@@ -177,17 +198,40 @@ class CutCache:
         """Stop using ``cut`` (its suffix failed to run) and free its cached values."""
         self.cuts.remove(cut)
         self.bytes -= sum(v.nbytes for batch in self.values.pop(cut.position) for v in batch.values())
+        gone = self._sessions.pop(cut.position, None)
+        self._bake_budget += gone.baked_bytes if gone else 0
 
-    def run(self, cut: Cut, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The observed tensors over the calibration set, computed from ``cut`` on. Observed
-        tensors made before the cut come from the cache."""
+    def _suffix(self, cut: Cut, changed: set[str], computed: list[str]) -> _Suffix:
+        """The cut's suffix session, (re)made when ``changed`` holds a feed it has baked in."""
+        have = self._sessions.get(cut.position)
+        if have is not None and changed <= have.varying:
+            return have
+        later = [c.position for c in self.cuts if c.position > cut.position]
+        window_end = later[0] if later else len(self.model.graph.node)
+        window = {name for name, at in self._first_reader.items()
+                  if cut.position <= at < window_end and name in self.baseline_feeds}
+        varying = frozenset(window | changed | (have.varying if have else set()))
+        if have is not None:
+            self._bake_budget += have.baked_bytes
+        reads = set().union(*(node_reads(n) for n in list(self.model.graph.node)[cut.position:]))
+        constants = {n: v for n, v in self.baseline_feeds.items() if n in reads and n not in varying}
+        baked = sum(v.nbytes for v in constants.values())
+        if baked > self._bake_budget:
+            constants, baked = {}, 0
+        self._bake_budget -= baked
+        model = suffix_model(self.model, cut, computed, self.types, constants)
+        made = self._sessions[cut.position] = _Suffix(make_session(model), varying if constants else frozenset(reads),
+                                                      baked)
+        return made
+
+    def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:
+        """The observed tensors over the calibration set, computed from ``cut`` on (``changed``:
+        the feeds that differ from the baseline). Observed tensors made before the cut come
+        from the cache."""
         produced = self._produced_by_position.setdefault(
             cut.position, {o for node in list(self.model.graph.node)[cut.position:] for o in node.output})
         computed = [name for name in self.observed if name in produced]
-        if cut.position not in self._sessions:
-            model = suffix_model(self.model, cut, computed, self.types)
-            self._sessions[cut.position] = make_session(model)
-        session = self._sessions[cut.position]
+        session = self._suffix(cut, changed, computed).session
         inputs = {i.name for i in session.get_inputs()}
         params = {k: v for k, v in feeds.items() if k in inputs}
         chunks: list[list[np.ndarray]] = [[] for _ in self.observed]

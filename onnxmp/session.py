@@ -17,6 +17,11 @@ from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
 from onnxmp.large import is_large, save_with_external_data
 
+# onnxruntime (1.2x) re-quantizes float constant weights and biases of Conv/MatMul between Q/DQ
+# activations to int8/int32 at session creation; simulation sessions that bake baseline weights
+# in as constants (partial.CutCache) must compute with the weights they were given.
+KEEP_FLOAT_WEIGHTS = ["WeightBiasQuantization"]
+
 
 def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
                  extra_config: dict[str, str] | None = None, outputs: list[str] | None = None) -> ort.InferenceSession:
@@ -46,7 +51,8 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
 
 def _session(payload: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=KEEP_FLOAT_WEIGHTS)
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
 

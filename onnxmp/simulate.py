@@ -172,10 +172,11 @@ class Simulator:
         if overrides:
             feeds = {**feeds, **overrides}
         if self._partial is not None:
-            cut = self._partial.cut_before(self._partial.start_of_change(feeds))
+            changed = self._partial.changed(feeds)
+            cut = self._partial.cut_before(self._partial.start_of_change(changed))
             if cut is not None:
                 try:
-                    return self._partial.run(cut, feeds)
+                    return self._partial.run(cut, feeds, changed)
                 except ModelError as exc:  # a graph onnxruntime cannot run from that cut: run it whole
                     logger.debug("partial evaluation from node %d failed (%s); not using that cut", cut.position, exc)
                     self._partial.discard(cut)

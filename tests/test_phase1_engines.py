@@ -52,9 +52,12 @@ def test_partial_and_parallel_phase1_equal_whole_graph_phase1(engines):
     for name in ("partial", "workers"):
         other = engines[name]
         assert [(s.gid, s.candidate) for s in other.sensitivities] == [(s.gid, s.candidate) for s in whole.sensitivities]
-        assert _table(other) == pytest.approx(_table(whole), rel=1e-5, abs=1e-12), name
+        # suffix sessions bake the baseline's weights in as constants, and onnxruntime's kernels for
+        # constant weights sum in another order: a value on a rounding boundary can flip (< 0.005 dB)
+        assert _table(other) == pytest.approx(_table(whole), rel=1e-3, abs=1e-12), name
         assert other.params.range_method == whole.params.range_method, name
         assert other.base_nsr == pytest.approx(whole.base_nsr, rel=1e-6)
+    assert _table(engines["workers"]) == pytest.approx(_table(engines["partial"]), rel=1e-9, abs=1e-15)
 
 
 def test_phase1_equals_naive_exported_models(engines):
@@ -112,5 +115,6 @@ def test_ray_backend_gives_the_same_list(engines):
         ray.shutdown()
     whole = engines["whole"]
     assert [(s.gid, s.candidate) for s in on_ray.sensitivities] == [(s.gid, s.candidate) for s in whole.sensitivities]
-    assert _table(on_ray) == pytest.approx(_table(whole), rel=1e-5, abs=1e-12)
+    assert _table(on_ray) == pytest.approx(_table(engines["workers"]), rel=1e-9, abs=1e-15)  # same engine
+    assert _table(on_ray) == pytest.approx(_table(whole), rel=1e-3, abs=1e-12)
     assert on_ray.params.range_method == whole.params.range_method
