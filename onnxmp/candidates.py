@@ -8,7 +8,7 @@ import re
 from onnxmp.errors import ConfigError
 
 WEIGHT_BITS = (4, 8, 16)
-ACTIVATION_BITS = (8, 16)
+ACTIVATION_BITS = (4, 8, 16)  # 4: UINT4 (ONNX opset 21), for W4A4 with LSQ fine-tuning
 DEFAULT_CANDIDATES = "W4A8,W8A8,W8A16"
 _PATTERN = re.compile(r"^W(\d+)A(\d+)$")
 

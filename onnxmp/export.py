@@ -1,6 +1,6 @@
 """Stage 8: write the chosen assignment as a standard QDQ ONNX model.
 
-Activations get QuantizeLinear → DequantizeLinear pairs (uint8 / uint16, per tensor); weights
+Activations get QuantizeLinear → DequantizeLinear pairs (uint4 / uint8 / uint16, per tensor); weights
 are stored in their integer type (INT4 packed two per byte, INT8, INT16) behind a per-channel
 DequantizeLinear; biases become int32 with scale = input scale × weight scale. The tensor each
 consumer reads keeps its original name (the producer's output is renamed ``<name>_float``), and
@@ -26,7 +26,7 @@ from onnxmp.simulate import Assignment
 logger = logging.getLogger(__name__)
 
 _WEIGHT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
-_ACT_TYPES = {8: (TensorProto.UINT8, np.uint8), 16: (TensorProto.UINT16, np.uint16)}
+_ACT_TYPES = {4: (TensorProto.UINT4, np.uint8), 8: (TensorProto.UINT8, np.uint8), 16: (TensorProto.UINT16, np.uint16)}
 
 
 def integer_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:

@@ -173,7 +173,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         reuse = cached is not None and arrays is not None
         calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
         plan = _keep_non_finite_float(model, plan, calibration)
-        allowed = get_target(config.target).group_candidates(plan, config.candidates)
+        allowed = get_target(config.target).group_candidates(plan, config.candidates, model)
         hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
         reference = run_over(make_session(model, outputs=observed), data, observed)

@@ -73,10 +73,10 @@ def _added_outputs(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
 @functools.cache
 def runs_qdq(opset: int) -> bool:
     """True when onnxruntime runs, at this opset, every QuantizeLinear / DequantizeLinear the export
-    writes (uint8 / uint16 activations; int4 / int8 / int16 per-channel weights; int32 biases)."""
+    writes (uint4 / uint8 / uint16 activations; int4 / int8 / int16 per-channel weights; int32 biases)."""
     nodes, inits = [], [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
                         helper.make_tensor("sc", TensorProto.FLOAT, [2], [0.1, 0.2])]
-    for i, elem in enumerate((TensorProto.UINT8, TensorProto.UINT16)):
+    for i, elem in enumerate((TensorProto.UINT4, TensorProto.UINT8, TensorProto.UINT16)):
         inits.append(helper.make_tensor(f"z{i}", elem, [], [0]))
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", f"z{i}"], [f"q{i}"]),
                   helper.make_node("DequantizeLinear", [f"q{i}", "s", f"z{i}"], [f"y{i}"])]

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp.candidates import Candidate
 from onnxmp.cli import main
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import ConfigError
@@ -186,3 +187,16 @@ def test_accuracy_target_search_can_score_on_the_target(monkeypatch, tmp_path):
     assert record["target"]["evaluations"] == len(opened) >= 1
     # each candidate was scored on HTP with static shapes
     assert all(d.dim_value > 0 for m in opened for d in m.graph.input[0].type.tensor_type.shape.dim)
+
+
+def test_ort_keeps_activations_read_by_maxpool_above_four_bits():
+    model = prepare_model(onnx.load(DIGITS))
+    plan = find_quantizers(model)
+    allowed = get_target("ort").group_candidates(plan, parse_candidates("W4A4,W4A8"), model)
+    into_maxpool = {n.input[0] for n in model.graph.node if n.op_type == "MaxPool"}
+    for group in plan.groups:
+        has_a4 = Candidate(4, 4) in allowed[group.gid]
+        assert has_a4 == (not into_maxpool & set(group.activations)), group.label
+    assert any(Candidate(4, 4) in a for a in allowed.values())
+    with pytest.raises(ConfigError, match="read by MaxPool"):
+        get_target("ort").group_candidates(plan, parse_candidates("W4A4"), model)

@@ -103,3 +103,27 @@ def test_memory_metric_counts_weight_bits(cnn_path, tmp_path):
                                                           budget=0.75))
     record = result.record
     assert record["chosen"]["memory_bytes"] <= 0.75 * record["baseline"]["memory_bytes"] + 1e-6
+
+
+def test_four_bit_activations_export_as_uint4_and_match_reference(cnn_path, tmp_path, calib):
+    out = tmp_path / "w4a4.onnx"
+    result = optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"),
+                                                              candidates=parse_candidates("W4A4,W8A8"), budget=0.3))
+    model = onnx.load(str(out))
+    assert_deployable(model)
+    groups = result.record["groups"]
+    assert any(g["candidate"] == "W4A4" for g in groups)
+    inits = {t.name: t for t in model.graph.initializer}
+    for group in groups:
+        a_bits = int(group["candidate"].split("A")[1])
+        for name in group["activations"]:
+            zero_point = next(n.input[2] for n in model.graph.node
+                              if n.op_type == "QuantizeLinear" and n.output[0].startswith(name))
+            assert inits[zero_point].data_type == {4: onnx.TensorProto.UINT4, 8: onnx.TensorProto.UINT8}[a_bits]
+    # onnx's reference evaluator (an independent implementation of UINT4 Q/DQ) computes the same
+    ref = ReferenceEvaluator(model).run(None, {"x": calib})[0]
+    got = _run(out, calib)
+    step = float(onnx.numpy_helper.to_array(inits["logits_scale"]))
+    assert np.abs(got - ref).max() <= 3 * step
+    assert result.record["chosen"]["sqnr_db_ort_precise"] == pytest.approx(
+        result.record["chosen"]["simulated_sqnr_db"], abs=0.05)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import onnx
 
 from onnxmp import quant
 from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate
@@ -49,6 +50,8 @@ class TargetProfile:
     verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
     open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
     refuse_broken_promise: bool = False  # verify's "broken_promise" is an error (else a warning)
+    # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
+    activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
         if cand.a_bits not in self.activation_bits:
@@ -57,21 +60,32 @@ class TargetProfile:
             return False
         return all(cand.w_bits in self.weight_bits.get(t, self.default_weight_bits) for t in op_types)
 
-    def group_candidates(self, plan: QuantPlan, candidates: tuple[Candidate, ...]) -> dict[int, tuple[Candidate, ...]]:
+    def group_candidates(self, plan: QuantPlan, candidates: tuple[Candidate, ...],
+                         model: onnx.ModelProto | None = None) -> dict[int, tuple[Candidate, ...]]:
         """Per group, the candidates the target allows (same order). Refuses when the most
-        expensive candidate is not allowed everywhere: Phase 1 measures against it."""
+        expensive candidate is not allowed everywhere: Phase 1 measures against it. ``model``:
+        the graph whose readers ``activation_readers_refused`` applies to."""
         op_types = {op.weight: set() for op in plan.weighted_ops}
         for op in plan.weighted_ops:
             op_types[op.weight].add(op.op_type)
+        readers: dict[str, set[str]] = {}
+        for node in model.graph.node if model is not None else ():
+            for name in node.input:
+                readers.setdefault(name, set()).add(node.op_type)
         allowed = {}
         for group in plan.groups:
             types = set().union(*(op_types[w] for w in group.weights)) if group.weights else set()
-            allowed[group.gid] = tuple(c for c in candidates if self.allows(types, c, candidates[-1]))
+            read_by = set().union(*(readers.get(a, set()) for a in group.activations)) if group.activations else set()
+            allowed[group.gid] = tuple(
+                c for c in candidates if self.allows(types, c, candidates[-1])
+                and not read_by & self.activation_readers_refused.get(c.a_bits, frozenset()))
             if candidates[-1] not in allowed[group.gid]:
+                refused = read_by & self.activation_readers_refused.get(candidates[-1].a_bits, frozenset())
+                where = (f"activations read by {', '.join(sorted(refused))}" if refused
+                         else ', '.join(sorted(types)) or 'activations')
                 raise ConfigError(
-                    f"--target {self.name} does not run {candidates[-1]} on {', '.join(sorted(types)) or 'activations'} "
-                    f"({group.label}); use candidates whose most expensive one it allows everywhere "
-                    f"({self.summary})")
+                    f"--target {self.name} does not run {candidates[-1]} on {where} ({group.label}); use candidates "
+                    f"whose most expensive one it allows everywhere ({self.summary})")
         return allowed
 
 
