@@ -29,6 +29,7 @@ from onnxmp.files import save_model
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.lsq import TrainingGraph, training_graph
 from onnxmp.session import make_session, output_names, run_over
+from onnxmp.shapes import fix_symbolic_dims
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,14 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     data, loss = _training_data(raw, float_model, labels, data_path)
     workdir = workdir or output + ".lsq"
     os.makedirs(workdir, exist_ok=True)
-    onnx.save(graph.model, os.path.join(workdir, "train.onnx"))
+    batch = min(config.batch, len(next(iter(data.values()))))
+    static = _needs_static_shapes(graph.model)
+    train_model = graph.model
+    if static:
+        names = {i.name for i in qdq.graph.input}
+        inputs = make_calibration_set({k: v for k, v in data.items() if k in names}, graph.model, data_path)
+        train_model = fix_symbolic_dims(graph.model, inputs, {}, batch)
+    onnx.save(train_model, os.path.join(workdir, "train.onnx"))
     np.savez(os.path.join(workdir, "data.npz"), **data)
     epochs: list[dict] = []
 
@@ -138,12 +146,19 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
             progress(line)
 
     job = {"trainable": [q.scale for q in graph.quantizers] + list(graph.weights), "loss": loss,
-           "inputs": [i.name for i in graph.model.graph.input], "epochs": config.epochs, "batch": config.batch,
+           "inputs": [i.name for i in graph.model.graph.input], "epochs": config.epochs, "batch": batch,
+           "drop_last": static,
            "learning_rate": config.learning_rate, "seed": config.seed}
     run_worker(workdir, job, relay, config.train_env)
     learned = dict(np.load(os.path.join(workdir, "learned.npz")))
     save_model(write_back(qdq, graph, learned), output)
     return {"epochs": epochs, "workdir": workdir, "loss": loss}
+
+
+def _needs_static_shapes(model: onnx.ModelProto) -> bool:
+    """onnxruntime-training's MaxPoolGrad sizes its output from the graph's static shapes (with
+    symbolic ones it fails: "Can broadcast 0 by ... 96"), so such graphs train at one batch size."""
+    return any(n.op_type == "MaxPool" for n in model.graph.node)
 
 
 def load_qdq_model(path: str) -> onnx.ModelProto:

@@ -114,6 +114,7 @@ def prepare_model(model: onnx.ModelProto, base_dir: str | None = None) -> onnx.M
     prepared = light_copy(model)
     prepared = upgrade_opset(prepared)
     drop_initializer_inputs(prepared.graph)
+    symbolic_unknown_dims(prepared.graph)
     constants_to_initializers(prepared.graph)
     name_nodes(prepared.graph)
     fill_from(prepared, model)
@@ -126,6 +127,16 @@ def prepare_model(model: onnx.ModelProto, base_dir: str | None = None) -> onnx.M
     if folded:
         logger.info("folded %d BatchNormalization node(s) into Conv", folded)
     return infer_shapes(prepared)
+
+
+def symbolic_unknown_dims(graph: onnx.GraphProto) -> None:
+    """Negative sizes (some exporters write -1 for "any") become named symbolic dimensions: -1
+    is not a valid size, and onnxruntime-training crashes on it (SIGSEGV on ppocr_cls)."""
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
+                dim.dim_param = f"{value.name}_dim{axis}"
 
 
 def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -43,11 +43,14 @@ def _artifacts(workdir: str, job: dict) -> str:
     return folder
 
 
-def _batches(data: dict[str, np.ndarray], inputs: list[str], batch: int, seed: int):
+def _batches(data: dict[str, np.ndarray], inputs: list[str], batch: int, seed: int, drop_last: bool = False):
+    """Shuffled batches; ``drop_last``: only full ones (a graph with static shapes)."""
     n = len(data[inputs[0]])
     order = np.random.default_rng(seed).permutation(n)
     for start in range(0, n, batch):
         index = order[start:start + batch]
+        if drop_last and len(index) < batch:
+            return
         yield [data[name][index] for name in inputs]
 
 
@@ -81,7 +84,7 @@ def main(workdir: str) -> None:
     for epoch in range(done, job["epochs"]):
         start, losses = time.perf_counter(), []
         module.train()
-        for batch in _batches(data, names, job["batch"], job["seed"] + epoch):
+        for batch in _batches(data, names, job["batch"], job["seed"] + epoch, job.get("drop_last", False)):
             losses.append(float(module(*batch)))
             optimizer.step()
             module.lazy_reset_grad()

@@ -19,10 +19,11 @@ def parse_fixed_dims(text: str | None) -> dict[str, int]:
     return fixed
 
 
-def fix_symbolic_dims(model: onnx.ModelProto, data: CalibrationSet, fixed: dict[str, int]) -> onnx.ModelProto:
+def fix_symbolic_dims(model: onnx.ModelProto, data: CalibrationSet, fixed: dict[str, int],
+                      batch: int = 1) -> onnx.ModelProto:
     """A copy whose inputs have static shapes: a symbolic dimension takes its value from
-    ``fixed`` (by name), else 1 for a batch axis, else the calibration samples' size; shapes
-    inside the graph are inferred again from there."""
+    ``fixed`` (by name), else ``batch`` for a batch axis, else the calibration samples' size;
+    shapes inside the graph are inferred again from there."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
@@ -35,7 +36,7 @@ def fix_symbolic_dims(model: onnx.ModelProto, data: CalibrationSet, fixed: dict[
             if dim.dim_value > 0:
                 continue
             name = dim.dim_param
-            size = fixed.get(name) if name in fixed else (1 if axis == 0 and data.batched
+            size = fixed.get(name) if name in fixed else (batch if axis == 0 and data.batched
                                                           else sample_shape[axis - offset])
             dim.Clear()
             dim.dim_value = int(size)

@@ -127,3 +127,14 @@ def test_four_bit_activations_export_as_uint4_and_match_reference(cnn_path, tmp_
     assert np.abs(got - ref).max() <= 3 * step
     assert result.record["chosen"]["sqnr_db_ort_precise"] == pytest.approx(
         result.record["chosen"]["simulated_sqnr_db"], abs=0.05)
+
+
+def test_negative_dims_become_symbolic(tmp_path):
+    """Some exporters write -1 for "any size"; the prepared model names those dimensions."""
+    from onnxmp.loader import prepare_model
+
+    model = make_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    dims = prepare_model(model).graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value") and dims[0].dim_param
