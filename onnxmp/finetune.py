@@ -28,7 +28,7 @@ from onnxmp.export import integer_tensor
 from onnxmp.files import save_model
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.lsq import TrainingGraph, training_graph
-from onnxmp.session import make_session, output_names, run_over
+from onnxmp.session import make_session, observed_tensors, run_over
 from onnxmp.shapes import fix_symbolic_dims
 
 logger = logging.getLogger(__name__)
@@ -93,21 +93,66 @@ def run_worker(workdir: str, job: dict, progress: Callable[[dict], None] | None 
 
 def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, labels: np.ndarray | None,
                    source: str) -> tuple[dict[str, np.ndarray], str]:
-    """Inputs plus the loss target: the labels (cross-entropy), or the float model's first output
-    (distillation by mean squared error)."""
+    """Inputs plus the loss target: the labels (cross-entropy), or the float model's values of
+    the trained output (distillation by mean squared error)."""
     data = make_calibration_set(train, float_model, source)
     if labels is not None:
         if len(labels) != data.num_samples:
             raise CalibrationError(f"{source}: {len(labels)} labels for {data.num_samples} samples")
         return {**data.arrays, "labels": labels.astype(np.int64).reshape(-1)}, "cross_entropy"
-    first = output_names(float_model)[0]
-    target = run_over(make_session(float_model), data, [first])[0]
-    return {**data.arrays, "target": target.reshape(data.num_samples, *_output_tail(float_model, data, first))}, "mse"
+    name = trained_output(float_model)
+    target = run_over(make_session(float_model, outputs=[name]), data, [name])[0]
+    return {**data.arrays, "target": target.reshape(data.num_samples, *_output_tail(float_model, data, name))}, "mse"
+
+
+def trained_output(model: onnx.ModelProto) -> str:
+    """The tensor the loss reads: the first output, or the logits where a Softmax / Sigmoid
+    squashes it (cross-entropy wants logits; distilling probabilities lets the logits drift)."""
+    return observed_tensors(model)[0]
 
 
 def _output_tail(model: onnx.ModelProto, data, name: str) -> tuple[int, ...]:
     sample = {k: v[:1] for k, v in data.arrays.items()}
-    return make_session(model).run([name], sample)[0].shape[1:]
+    return make_session(model, outputs=[name]).run([name], sample)[0].shape[1:]
+
+
+def _trained_part(graph: TrainingGraph, name: str) -> TrainingGraph:
+    """The training graph up to ``name``; quantizers after it (a Softmax output's) keep their
+    post-training scales."""
+    model = _ending_at(graph.model, name)
+    kept = {t.name for t in model.graph.initializer}
+    return dataclasses.replace(graph, model=model, quantizers=tuple(q for q in graph.quantizers if q.scale in kept),
+                               weights=tuple(w for w in graph.weights if w in kept))
+
+
+def _ending_at(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """The graph with ``name`` as its only output and the nodes it does not need removed."""
+    if [o.name for o in model.graph.output] == [name]:
+        return model
+    producers = {o: n for n in model.graph.node for o in n.output}
+    needed, stack = set(), [name]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(i for i in node.input if i)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [n for n in model.graph.node if id(n) in needed]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    del out.graph.output[:]
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    info = known.get(name)
+    if info is None or not info.type.tensor_type.HasField("shape"):  # the training runtime wants a rank
+        raise ModelError(f"cannot infer the shape of {name}, the tensor LSQ trains on")
+    out.graph.output.append(info)
+    used = {i for n in kept for i in n.input}
+    live = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(live)
+    return out
 
 
 def finetune(quantized: str, float_path: str, output: str, data_path: str, config: FinetuneConfig = FinetuneConfig(),
@@ -119,6 +164,7 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     qdq = load_qdq_model(quantized)
     float_model = prepare_model(load_model(float_path), os.path.dirname(os.path.abspath(float_path)))
     graph = training_graph(qdq, float_model)
+    graph = _trained_part(graph, trained_output(float_model))
     raw = read_npz(data_path)
     labels = raw.pop("labels", None)
     if labels_path:

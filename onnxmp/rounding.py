@@ -74,7 +74,8 @@ def capture_grams(model: onnx.ModelProto, ops: list[WeightedOp], data: Calibrati
     batches = math.ceil(data.num_samples / data.batch) if data.batched else data.num_samples
     grams: dict[str, list[np.ndarray]] = {}
     for index, feeds in enumerate(data.feeds()):
-        values = dict(zip(produced, session.run(produced, feeds), strict=True))
+        # (onnxruntime reads an empty name list as "every output")
+        values = dict(zip(produced, session.run(produced, feeds), strict=True)) if produced else {}
         values.update({n: feeds[n] for n in names if n in data.arrays})
         for op in ops:
             rows = max(max_rows, ROWS_PER_INPUT * op.reduction) // batches + 1

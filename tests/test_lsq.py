@@ -133,3 +133,33 @@ def test_finetune_moves_parameters_lowers_loss_and_writes_a_qdq_model(tmp_path):
     again = finetune(str(tmp_path / "q.onnx"), "models/digits/digits_cnn.onnx", str(out), str(tmp_path / "train.npz"),
                      FinetuneConfig(epochs=3, learning_rate=1e-3, batch=32), workdir=str(tmp_path / "job"))
     assert again["epochs"] == []
+
+
+def test_distillation_trains_the_logits_of_a_softmax_model(tmp_path):
+    """A model ending in Softmax trains (and is distilled) on the logits; the Softmax output's
+    quantizer keeps its post-training scale."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((8, 4)) * 0.5).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="mm"),
+                               helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)], "cls",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    x = rng.standard_normal((32, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates("W4A8"), budget=1.0,
+                                                                 cache_dir=None, calib=str(tmp_path / "calib.npz")))
+    out = tmp_path / "lsq.onnx"
+    finetune(str(tmp_path / "q.onnx"), str(path), str(out), str(tmp_path / "calib.npz"),
+             FinetuneConfig(epochs=2, batch=16), workdir=str(tmp_path / "job"))
+    train = onnx.load(str(tmp_path / "job" / "train.onnx"))
+    assert [o.name for o in train.graph.output] == ["logits"]
+    assert not any(n.op_type == "Softmax" for n in train.graph.node)
+    target = np.load(tmp_path / "job" / "data.npz")["target"]
+    np.testing.assert_allclose(target, x @ w, rtol=1e-5, atol=1e-5)  # the float logits, not probabilities
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert np.array_equal(before["prob_scale"], after["prob_scale"])
+    assert not np.array_equal(before["logits_scale"], after["logits_scale"])
