@@ -95,8 +95,10 @@ def main() -> None:
         "pre-softmax outputs against the float model on the calibration samples (the data LSQ trained on). "
         "**W4A4** is the lowest onnxruntime's QDQ path runs (ONNX has no 3-bit types, so W3A3 would be 3-bit "
         "values in 4-bit containers that no runtime computes faster or stores smaller; it is not offered): "
-        "every group at W4A4 except those onnxruntime refuses at 4-bit activations (read by MaxPool), which "
-        "keep W4A8 — the mix column says how many."), header, rows, notes)
+        "candidates W4A4,W4A8 at the cheapest BOPs they allow, i.e. every weighted layer at 4-bit weights and "
+        "4-bit inputs, except where onnxruntime refuses 4-bit activations (tensors read by MaxPool); groups whose "
+        "activations feed no weighted layer cost no BOPs, and the search keeps those at 8 bits (the more accurate "
+        "choice at equal cost): the mix column counts groups."), header, rows, notes)
 
 
 if __name__ == "__main__":
