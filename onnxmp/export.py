@@ -147,3 +147,51 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     graph.node.extend(nodes)
     fill_from(out, model)
     return out
+
+
+ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def dequantize_constant_operands(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which every float constant operand of an elementwise op whose other operand is
+    a quantized activation is stored quantized behind a DequantizeLinear, in that activation's
+    type (per tensor, range widened to hold 0; a scalar lands exactly on its end of the range).
+    Qualcomm's HTP backend refuses to finalize a graph with a float constant in a quantized
+    Div/Mul/Add/Sub feeding a Conv (QNN_COMMON_ERROR_MEM_ALLOC; ppocr_cls's hard-swish x·relu6(x+3)/6)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    dq_of = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    fresh = _FreshNames(out)
+    head: list[onnx.NodeProto] = []
+    done: dict[tuple[str, int], str] = {}
+    for node in graph.node:
+        if node.op_type not in ELEMENTWISE_OPS:
+            continue
+        activation_zps = [inits[dq_of[i].input[2]] for i in node.input if i in dq_of and dq_of[i].input[0] not in inits]
+        if not activation_zps:
+            continue
+        elem_type = activation_zps[0].data_type
+        for k, name in enumerate(node.input):
+            if name not in inits or inits[name].data_type != TensorProto.FLOAT or (name, elem_type) in done:
+                node.input[k] = done.get((name, elem_type), name)
+                continue
+            bits = {TensorProto.UINT4: 4, TensorProto.UINT8: 8, TensorProto.UINT16: 16}[elem_type]
+            value = onnx.numpy_helper.to_array(inits[name]).astype(np.float32)
+            scale, zp = quant.activation_params(min(float(value.min()), 0.0), max(float(value.max()), 0.0), bits)
+            qmin, qmax = quant.unsigned_range(bits)
+            q = np.clip(np.round(value / scale) + zp, qmin, qmax)
+            target = fresh(f"{name}_dequantized")
+            q_name, s_name, z_name = fresh(f"{name}_quantized"), fresh(f"{name}_scale"), fresh(f"{name}_zero_point")
+            np_type = _ACT_TYPES[bits][1]
+            graph.initializer.extend([helper.make_tensor(q_name, elem_type, list(value.shape), q.astype(np_type).ravel()),
+                                      _float_tensor(s_name, np.float32(scale)),
+                                      helper.make_tensor(z_name, elem_type, [], [np_type(zp)])])
+            head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [target],
+                                         name=f"{target}_DequantizeLinear"))
+            done[(name, elem_type)] = node.input[k] = target
+    nodes = head + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out

@@ -28,7 +28,7 @@ from onnxmp.cost import METRICS, CostModel
 from onnxmp.data import CalibrationSet, resolve_calibration
 from onnxmp.errors import ConfigError, ModelError, NothingToQuantizeError
 from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
-from onnxmp.export import export_qdq
+from onnxmp.export import dequantize_constant_operands, export_qdq
 from onnxmp.files import check_writable, save_json, save_model
 from onnxmp.groups import QuantPlan, find_quantizers
 from onnxmp.large import is_large, save_with_external_data
@@ -390,8 +390,12 @@ def _make_evaluator(analysis: Analysis, config: OptimizeConfig) -> Evaluator:
 
 
 def _deployable(qdq: onnx.ModelProto, data: CalibrationSet, config: OptimizeConfig) -> onnx.ModelProto:
-    """The exported model as the target takes it (static shapes where it needs them)."""
-    if get_target(config.target).static_shapes or config.fix_dims:
+    """The exported model as the target takes it (static shapes, quantized constant operands
+    where it needs them)."""
+    profile = get_target(config.target)
+    if profile.dequantize_constant_operands:
+        qdq = dequantize_constant_operands(qdq)
+    if profile.static_shapes or config.fix_dims:
         return fix_symbolic_dims(qdq, data, parse_fixed_dims(config.fix_dims))
     return qdq
 

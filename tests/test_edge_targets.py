@@ -94,7 +94,8 @@ def _on_target(target: str, candidates: str, budget: float, path: str, calib: st
     check = record["deployment_target"]["verification"]
     assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
     model = onnx.load(str(out))
-    assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32}  # int32 biases
+    # int4/int8 weights, int32 biases (and, on qnn-htp, constant operands in the activation type)
+    assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32, activation_type}
     assert _activation_types(model) == {activation_type}
     return check, model
 
@@ -200,3 +201,53 @@ def test_ort_keeps_activations_read_by_maxpool_above_four_bits():
     assert any(Candidate(4, 4) in a for a in allowed.values())
     with pytest.raises(ConfigError, match="read by MaxPool"):
         get_target("ort").group_candidates(plan, parse_candidates("W4A4"), model)
+
+
+def _hard_swish_cnn(folder) -> tuple[str, str]:
+    """Conv → hard-swish written as x·clip(x+3, 0, 6)/6 (float constant operands) → Conv, as
+    PaddleOCR's MobileNetV3 exports it."""
+    rng = np.random.default_rng(5)
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+              (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    weights = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+               numpy_helper.from_array((rng.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c0", "three"], ["a"], name="add3"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["r6"], name="relu6"),
+             helper.make_node("Mul", ["c0", "r6"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "six"], ["hs"], name="div6"),
+             helper.make_node("Conv", ["hs", "w1"], ["y"], name="conv1")]
+    graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 16])], consts + weights)
+    path = str(folder / "hardswish.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+    calib = str(folder / "hardswish.npz")
+    np.savez(calib, x=rng.standard_normal((8, 3, 12, 16)).astype(np.float32))
+    return path, calib
+
+
+def test_constant_operands_are_dequantized_exactly_for_scalars(tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    from onnxmp.export import dequantize_constant_operands
+
+    path, calib = _hard_swish_cnn(tmp_path)
+    out = tmp_path / "q.onnx"
+    optimize(path, str(out), OptimizeConfig(candidates=parse_candidates("W8A16"), budget=1.0, calib=calib,
+                                            cache_dir=None))
+    plain = onnx.load(str(out))
+    converted = dequantize_constant_operands(plain)
+    readers = {i for n in converted.graph.node if n.op_type in ("Add", "Div") for i in n.input}
+    assert not readers & {"three", "six"}  # the elementwise ops read DequantizeLinear outputs now
+    assert {"zero", "six"} <= {i for n in converted.graph.node if n.op_type == "Clip" for i in n.input}  # bounds stay
+    x = np.load(calib)["x"][:2]
+    # a scalar is the end of its range: the dequantized constant is the constant, the model unchanged
+    np.testing.assert_allclose(ReferenceEvaluator(converted).run(None, {"x": x})[0],
+                               ReferenceEvaluator(plain).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_qnn
+def test_qnn_htp_takes_float_constant_operands_once_dequantized(tmp_path):
+    path, calib = _hard_swish_cnn(tmp_path)
+    check, model = _on_target("qnn-htp", "W8A16", 1.0, path, calib, tmp_path, TensorProto.UINT16)
+    assert check["promise_kept"] and check["fallback"] == []

@@ -50,6 +50,7 @@ class TargetProfile:
     verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
     open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
     refuse_broken_promise: bool = False  # verify's "broken_promise" is an error (else a warning)
+    dequantize_constant_operands: bool = False  # float constants of Add/Sub/Mul/Div stored quantized + DQ
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
 

@@ -91,19 +91,33 @@ def placement(model: onnx.ModelProto, feeds: dict[str, np.ndarray], folder: str)
         if provider == EP:
             partitions += 1
         else:
-            cpu.append({"node": name, "op_type": event["args"].get("op_type", ""), "reason": reasons.get(name, "")})
+            cpu.append({"node": name, "op_type": event["args"].get("op_name", ""), "reason": reasons.get(name, ""),
+                        "shapes": [list(next(iter(t.values()))) for t in event["args"].get("input_type_shape", [])[:1]
+                                   + event["args"].get("output_type_shape", [])[:1]]})
     return cpu, partitions, lines
 
 
 def _by_design(entry: dict, model: onnx.ModelProto) -> bool:
-    """Graph-input QuantizeLinear and graph-output DequantizeLinear run on the CPU by design."""
+    """Graph-input QuantizeLinear and graph-output DequantizeLinear run on the CPU by design.
+    onnxruntime may rename such a node ("DequantizeLinear_token_31"): then it is recognised by
+    its op type and the static shape of a graph input (output) made of Q (DQ) nodes."""
     inputs = {i.name for i in model.graph.input}
     outputs = {o.name for o in model.graph.output}
     node = next((n for n in model.graph.node if n.name == entry["node"]), None)
-    if node is None:
-        return False
-    return ((node.op_type == "QuantizeLinear" and node.input[0] in inputs)
-            or (node.op_type == "DequantizeLinear" and node.output[0] in outputs))
+    if node is not None:
+        return ((node.op_type == "QuantizeLinear" and node.input[0] in inputs)
+                or (node.op_type == "DequantizeLinear" and node.output[0] in outputs))
+    shapes = entry.get("shapes") or [[]]
+    if entry["op_type"] == "QuantizeLinear":
+        return shapes[0] in [_static_shape(v) for v in model.graph.input]
+    made_by_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return entry["op_type"] == "DequantizeLinear" and shapes[-1] in [
+        _static_shape(v) for v in model.graph.output if v.name in made_by_dq]
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> list[int] | None:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value for d in dims] if dims and all(d.dim_value > 0 for d in dims) else None
 
 
 def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], reference: list[np.ndarray],
@@ -140,6 +154,7 @@ PROFILE = TargetProfile(
     default_candidates="W4A16,W8A16",
     static_shapes=True,
     mixed_activation_bits=False,
+    dequantize_constant_operands=True,
     extra="qnn",
     verify=verify,
     open_session=open_session,
