@@ -204,8 +204,8 @@ def test_ort_keeps_activations_read_by_maxpool_above_four_bits():
 
 
 def _hard_swish_cnn(folder) -> tuple[str, str]:
-    """Conv → hard-swish written as x·clip(x+3, 0, 6)/6 (float constant operands) → Conv, as
-    PaddleOCR's MobileNetV3 exports it."""
+    """Conv → hard-swish written as x·clip(x+3, 0, 6)/6 (float constant operands) → Conv →
+    Identity, as PaddleOCR's MobileNetV3 exports it."""
     rng = np.random.default_rng(5)
     consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
               (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
@@ -216,9 +216,10 @@ def _hard_swish_cnn(folder) -> tuple[str, str]:
              helper.make_node("Clip", ["a", "zero", "six"], ["r6"], name="relu6"),
              helper.make_node("Mul", ["c0", "r6"], ["m"], name="mul"),
              helper.make_node("Div", ["m", "six"], ["hs"], name="div6"),
-             helper.make_node("Conv", ["hs", "w1"], ["y"], name="conv1")]
+             helper.make_node("Conv", ["hs", "w1"], ["y"], name="conv1"),
+             helper.make_node("Identity", ["y"], ["out"], name="save")]
     graph = helper.make_graph(nodes, "hardswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 12, 16])], consts + weights)
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 12, 16])], consts + weights)
     path = str(folder / "hardswish.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
     calib = str(folder / "hardswish.npz")

@@ -106,13 +106,30 @@ def _by_design(entry: dict, model: onnx.ModelProto) -> bool:
     node = next((n for n in model.graph.node if n.name == entry["node"]), None)
     if node is not None:
         return ((node.op_type == "QuantizeLinear" and node.input[0] in inputs)
-                or (node.op_type == "DequantizeLinear" and node.output[0] in outputs))
+                or (node.op_type == "DequantizeLinear" and _reaches_only_outputs(node.output[0], model, outputs)))
     shapes = entry.get("shapes") or [[]]
     if entry["op_type"] == "QuantizeLinear":
         return shapes[0] in [_static_shape(v) for v in model.graph.input]
-    made_by_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def made_by_dq(name: str) -> bool:  # through Identity nodes
+        node = producers.get(name)
+        while node is not None and node.op_type == "Identity":
+            node = producers.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
     return entry["op_type"] == "DequantizeLinear" and shapes[-1] in [
-        _static_shape(v) for v in model.graph.output if v.name in made_by_dq]
+        _static_shape(v) for v in model.graph.output if made_by_dq(v.name)]
+
+
+def _reaches_only_outputs(tensor: str, model: onnx.ModelProto, outputs: set[str]) -> bool:
+    """``tensor`` is a graph output, or only Identity nodes lead from it to graph outputs (the
+    float end of the graph, which stays on the CPU; PaddleOCR models end in an Identity)."""
+    if tensor in outputs:
+        return True
+    readers = [n for n in model.graph.node if tensor in n.input]
+    return bool(readers) and all(n.op_type == "Identity" and _reaches_only_outputs(n.output[0], model, outputs)
+                                 for n in readers)
 
 
 def _static_shape(value: onnx.ValueInfoProto) -> list[int] | None:
