@@ -26,19 +26,22 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(train_python()),
                                 reason="no LSQ training environment (onnxmp finetune --setup, or ONNXMP_TRAIN_PYTHON)")
 
 
-def _matmul_model(tmp_path, rng):
-    w = rng.standard_normal((8, 4)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+def _matmul_model(tmp_path, rng, softmax: bool = False, samples: int = 16, candidates: str = "W8A8",
+                  w_scale: float = 1.0):
+    """x·w (→ Softmax) saved with seeded calibration samples, and onnxmp's QDQ model of it (q.onnx)."""
+    w = (rng.standard_normal((8, 4)) * w_scale).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits" if softmax else "y"], name="mm")]
+    nodes += [helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)] if softmax else []
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("prob" if softmax else "y", TensorProto.FLOAT, ["N", 4])],
                               [numpy_helper.from_array(w, "w")])
     path = tmp_path / "float.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
-    x = rng.standard_normal((16, 8)).astype(np.float32)
+    x = rng.standard_normal((samples, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
-    optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0,
+    optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates(candidates), budget=1.0,
                                                                  cache_dir=None, calib=str(tmp_path / "calib.npz")))
-    return path, x
+    return path, x, w
 
 
 def _fake_quant(v, s, z, qmin, qmax, g):
@@ -53,7 +56,7 @@ def _fake_quant(v, s, z, qmin, qmax, g):
 
 def test_gradients_match_lsq_equations(tmp_path):
     rng = np.random.default_rng(0)
-    path, x = _matmul_model(tmp_path, rng)
+    path, x, _ = _matmul_model(tmp_path, rng)
     qdq = onnx.load(str(tmp_path / "q.onnx"))
     graph = training_graph(qdq, prepare_model(load_model(str(path))))
     inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.model.graph.initializer}
@@ -138,19 +141,8 @@ def test_finetune_moves_parameters_lowers_loss_and_writes_a_qdq_model(tmp_path):
 def test_distillation_trains_the_logits_of_a_softmax_model(tmp_path):
     """A model ending in Softmax trains (and is distilled) on the logits; the Softmax output's
     quantizer keeps its post-training scale."""
-    rng = np.random.default_rng(3)
-    w = (rng.standard_normal((8, 4)) * 0.5).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="mm"),
-                               helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)], "cls",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])],
-                              [numpy_helper.from_array(w, "w")])
-    path = tmp_path / "float.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
-    x = rng.standard_normal((32, 8)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=x)
-    optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates("W4A8"), budget=1.0,
-                                                                 cache_dir=None, calib=str(tmp_path / "calib.npz")))
+    path, x, w = _matmul_model(tmp_path, np.random.default_rng(3), softmax=True, samples=32, candidates="W4A8",
+                               w_scale=0.5)
     out = tmp_path / "lsq.onnx"
     finetune(str(tmp_path / "q.onnx"), str(path), str(out), str(tmp_path / "calib.npz"),
              FinetuneConfig(epochs=2, batch=16), workdir=str(tmp_path / "job"))
