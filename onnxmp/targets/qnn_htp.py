@@ -9,8 +9,12 @@ node fall back ("Cannot get shape"). Weight bit-widths mix freely (W4A8 with W8A
 W8A16 run entirely on HTP), but a model mixing 8 and 16-bit activations leaves the weight and bias
 DequantizeLinear of the layers at the boundaries on the CPU (measured on the digits CNN: 8 of 11
 nodes), or fails to load (an NHWC Conv no EP takes); onnxruntime's own QNN mixed-precision flow
-inserts conversion ops there, which onnxmp's export does not yet write. So: weights 4 or 8 bits,
-one activation bit-width per model (8 or 16; 16 by default), static shapes.
+inserts conversion ops there, which onnxmp's export does not yet write. A float constant operand
+of a quantized Div (PaddleOCR's hard-swish x·relu6(x+3)/6) in front of a Conv makes the backend
+refuse the whole graph (QNN_COMMON_ERROR_MEM_ALLOC at finalize, found by bisecting ppocr_cls);
+stored quantized behind a DequantizeLinear it runs (ppocr_cls 739/742 nodes on HTP). So: weights
+4 or 8 bits, one activation bit-width per model (8 or 16; 16 by default), static shapes, constant
+operands of Add/Sub/Mul/Div quantized.
 """
 
 from __future__ import annotations
