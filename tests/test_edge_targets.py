@@ -252,3 +252,5 @@ def test_qnn_htp_takes_float_constant_operands_once_dequantized(tmp_path):
     path, calib = _hard_swish_cnn(tmp_path)
     check, model = _on_target("qnn-htp", "W8A16", 1.0, path, calib, tmp_path, TensorProto.UINT16)
     assert check["promise_kept"] and check["fallback"] == []
+    div = next(n for n in model.graph.node if n.op_type == "Div")
+    assert div.input[1] in {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
