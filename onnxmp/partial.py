@@ -162,7 +162,7 @@ class CutCache:
             return [], {}
         batches = list(self.data.feeds())
         wanted = sorted({name for cut in candidates for name in cut.live})
-        session = make_session(self.model, optimized=False, outputs=wanted)
+        session = make_session(self.model, optimized=False, outputs=wanted, keep_float_weights=True)
         first = dict(zip(wanted, run_session(session, wanted, {**batches[0], **self.baseline_feeds}), strict=True))
         size = {cut.position: sum(first[t].nbytes for t in cut.live) * len(batches) for cut in candidates}
         kept = list(candidates)
@@ -221,9 +221,8 @@ class CutCache:
         if baked > self._bake_budget:
             constants, baked = {}, 0
         self._bake_budget -= baked
-        model = suffix_model(self.model, cut, computed, self.types, constants)
-        made = self._sessions[cut.position] = _Suffix(make_session(model), varying if constants else frozenset(reads),
-                                                      baked)
+        session = make_session(suffix_model(self.model, cut, computed, self.types, constants), keep_float_weights=True)
+        made = self._sessions[cut.position] = _Suffix(session, varying if constants else frozenset(reads), baked)
         return made
 
     def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:

@@ -18,16 +18,18 @@ from onnxmp.errors import ModelError
 from onnxmp.large import is_large, save_with_external_data
 
 # onnxruntime (1.2x) re-quantizes float constant weights and biases of Conv/MatMul between Q/DQ
-# activations to int8/int32 at session creation; simulation sessions that bake baseline weights
-# in as constants (partial.CutCache) must compute with the weights they were given.
+# activations to int8/int32 at session creation; the simulation's sessions, whose suffixes bake the
+# (already fake-quantized) baseline weights in as constants, must compute with the weights given.
 KEEP_FLOAT_WEIGHTS = ["WeightBiasQuantization"]
 
 
 def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
-                 extra_config: dict[str, str] | None = None, outputs: list[str] | None = None) -> ort.InferenceSession:
+                 extra_config: dict[str, str] | None = None, outputs: list[str] | None = None,
+                 keep_float_weights: bool = False) -> ort.InferenceSession:
     """A CPU session on a model (proto, serialized bytes or path), also computing ``outputs``
     (any tensor names, whatever their types; a proto is not copied for them). A model over
-    ``large.LARGE_BYTES`` goes through a temporary file with external data."""
+    ``large.LARGE_BYTES`` goes through a temporary file with external data. ``keep_float_weights``:
+    no re-quantization of float constant weights (else the session is onnxruntime's default)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Idle sessions' threads must not spin: onnxmp keeps several sessions (suffixes, workers) and
@@ -38,21 +40,21 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     )
     for key, value in (extra_config or {}).items():
         options.add_session_config_entry(key, value)
+    disabled = KEEP_FLOAT_WEIGHTS if keep_float_weights else []
     if not isinstance(model, onnx.ModelProto):
-        return _session(model, options)
+        return _session(model, options, disabled)
     with _added_outputs(model, outputs or []):
         if not is_large(model):
-            return _session(model.SerializeToString(), options)
+            return _session(model.SerializeToString(), options, disabled)
         with tempfile.TemporaryDirectory(prefix="onnxmp-session-") as folder:
             path = os.path.join(folder, "model.onnx")
             save_with_external_data(model, path)
-            return _session(path, options)
+            return _session(path, options, disabled)
 
 
-def _session(payload: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
+def _session(payload: bytes | str, options: ort.SessionOptions, disabled: list[str]) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=KEEP_FLOAT_WEIGHTS)
+        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
 

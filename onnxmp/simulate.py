@@ -107,7 +107,7 @@ class Simulator:
         self._graph_inputs = set(data.arrays)
         self.observed = observed_tensors(model)
         self._model = build_simulation_model(model, plan)
-        self._session = make_session(self._model, outputs=self.observed)
+        self._session = make_session(self._model, outputs=self.observed, keep_float_weights=True)
         self._partial: CutCache | None = None
         self._act_group = plan.group_of_activation()
         self._weight_group = plan.group_of_weight()

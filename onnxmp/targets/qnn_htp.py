@@ -147,13 +147,14 @@ def verify(model: onnx.ModelProto, data: CalibrationSet, observed: list[str], re
     probe = with_outputs(model, observed)
     first = next(iter(single_samples(data)))
     cpu, partitions, _ = placement(probe, first, folder)
-    unexpected = [c for c in cpu if not _by_design(c, probe)]
+    by_design = [c["node"] for c in cpu if _by_design(c, probe)]
+    unexpected = [c for c in cpu if c["node"] not in by_design]
     session, _ = htp_session(probe)
     sqnr = sqnr_of_runs(lambda feeds: session.run(observed, feeds), data, reference)
     return {
         "target": "qnn-htp", "nodes": len(model.graph.node), "htp_partitions": partitions,
         "on_target": len(probe.graph.node) - len(cpu), "on_cpu": len(cpu),
-        "fallback": unexpected, "cpu_by_design": [c["node"] for c in cpu if _by_design(c, probe)],
+        "fallback": unexpected, "cpu_by_design": by_design,
         "sqnr_db": sqnr, "promise_kept": not unexpected,
         "broken_promise": None if not unexpected else (
             f"{len(unexpected)} quantized node(s) fall back to the CPU, e.g. {unexpected[0]['node']} "
