@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import tempfile
 import time
 
@@ -24,7 +23,7 @@ from common import bench_models, git_state, publish_merged
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates, quant
 from onnxmp.data import make_calibration_set, read_npz
-from onnxmp.errors import ConfigError
+from onnxmp.errors import BudgetTooLowError
 from onnxmp.finetune import FinetuneConfig, finetune
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.session import make_session, observed_tensors, run_over
@@ -48,11 +47,8 @@ def quantize(bench, out: str, candidates: str) -> dict:
     if "," in candidates:
         try:
             optimize(bench.model, None, dataclasses.replace(config, budget=1e-3))
-        except ConfigError as exc:  # names the cheapest relative cost the candidates allow
-            found = re.search(r"\(([0-9.]+) of the baseline\)", str(exc))
-            if not found:
-                raise
-            config = dataclasses.replace(config, budget=float(found.group(1)) + 1e-3)
+        except BudgetTooLowError as exc:
+            config = dataclasses.replace(config, budget=exc.cheapest)
     return optimize(bench.model, out, config).record
 
 

@@ -32,6 +32,15 @@ class ConfigError(OnnxmpError):
     """An option has an invalid value (unknown candidate, budget out of range, ...)."""
 
 
+class BudgetTooLowError(ConfigError):
+    """The budget is below the cheapest assignment the candidates allow (``cheapest``: that
+    assignment's cost relative to the baseline, for a caller that wants to retry there)."""
+
+    def __init__(self, message: str, cheapest: float) -> None:
+        super().__init__(message)
+        self.cheapest = cheapest
+
+
 class OutputError(OnnxmpError):
     """An output file cannot be written."""
 

@@ -61,12 +61,19 @@ class _FreshNames:
         return name
 
 
+def _activation_scale_zero_point(name: str, scale: np.float32, zp: int, bits: int, fresh: _FreshNames
+                                 ) -> tuple[str, str, list[TensorProto]]:
+    """Names and initializers of a per-tensor scale and unsigned ``bits``-bit zero point."""
+    elem_type, np_type = _ACT_TYPES[bits]
+    s_name, z_name = fresh(f"{name}_scale"), fresh(f"{name}_zero_point")
+    return s_name, z_name, [_float_tensor(s_name, np.float32(scale)), helper.make_tensor(z_name, elem_type, [], [np_type(zp)])]
+
+
 def _activation_qdq(name: str, source: str, scale: np.float32, zp: int, bits: int, fresh: _FreshNames
                     ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Q/DQ nodes and their parameter initializers turning ``source`` into ``name``."""
-    elem_type, np_type = _ACT_TYPES[bits]
-    s_name, z_name, q_name = fresh(f"{name}_scale"), fresh(f"{name}_zero_point"), fresh(f"{name}_quantized")
-    inits = [_float_tensor(s_name, np.float32(scale)), helper.make_tensor(z_name, elem_type, [], [np_type(zp)])]
+    s_name, z_name, inits = _activation_scale_zero_point(name, scale, zp, bits, fresh)
+    q_name = fresh(f"{name}_quantized")
     nodes = [
         helper.make_node("QuantizeLinear", [source, s_name, z_name], [q_name], name=f"{name}_QuantizeLinear"),
         helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [name], name=f"{name}_DequantizeLinear"),
@@ -182,12 +189,11 @@ def dequantize_constant_operands(model: onnx.ModelProto) -> onnx.ModelProto:
             scale, zp = quant.activation_params(min(float(value.min()), 0.0), max(float(value.max()), 0.0), bits)
             qmin, qmax = quant.unsigned_range(bits)
             q = np.clip(np.round(value / scale) + zp, qmin, qmax)
-            target = fresh(f"{name}_dequantized")
-            q_name, s_name, z_name = fresh(f"{name}_quantized"), fresh(f"{name}_scale"), fresh(f"{name}_zero_point")
-            np_type = _ACT_TYPES[bits][1]
-            graph.initializer.extend([helper.make_tensor(q_name, elem_type, list(value.shape), q.astype(np_type).ravel()),
-                                      _float_tensor(s_name, np.float32(scale)),
-                                      helper.make_tensor(z_name, elem_type, [], [np_type(zp)])])
+            target, q_name = fresh(f"{name}_dequantized"), fresh(f"{name}_quantized")
+            s_name, z_name, params = _activation_scale_zero_point(name, scale, zp, bits, fresh)
+            graph.initializer.append(helper.make_tensor(q_name, elem_type, list(value.shape),
+                                                        q.astype(_ACT_TYPES[bits][1]).ravel()))
+            graph.initializer.extend(params)
             head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [target],
                                          name=f"{target}_DequantizeLinear"))
             done[(name, elem_type)] = node.input[k] = target

@@ -22,13 +22,13 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxmp import quant
-from onnxmp.data import make_calibration_set, read_npz
+from onnxmp.data import CalibrationSet, make_calibration_set, read_npz
 from onnxmp.errors import CalibrationError, ConfigError, ModelError
 from onnxmp.export import integer_tensor
 from onnxmp.files import save_model
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.lsq import TrainingGraph, training_graph
-from onnxmp.session import make_session, observed_tensors, run_over
+from onnxmp.session import make_session, observed_tensors, run_session
 from onnxmp.shapes import fix_symbolic_dims
 
 logger = logging.getLogger(__name__)
@@ -92,28 +92,25 @@ def run_worker(workdir: str, job: dict, progress: Callable[[dict], None] | None 
 
 
 def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, labels: np.ndarray | None,
-                   source: str) -> tuple[dict[str, np.ndarray], str]:
-    """Inputs plus the loss target: the labels (cross-entropy), or the float model's values of
-    the trained output (distillation by mean squared error)."""
+                   source: str) -> tuple[CalibrationSet, dict[str, np.ndarray], str]:
+    """The validated inputs, and them plus the loss target: the labels (cross-entropy), or the
+    float model's values of the trained output (distillation by mean squared error)."""
     data = make_calibration_set(train, float_model, source)
     if labels is not None:
         if len(labels) != data.num_samples:
             raise CalibrationError(f"{source}: {len(labels)} labels for {data.num_samples} samples")
-        return {**data.arrays, "labels": labels.astype(np.int64).reshape(-1)}, "cross_entropy"
+        return data, {**data.arrays, "labels": labels.astype(np.int64).reshape(-1)}, "cross_entropy"
     name = trained_output(float_model)
-    target = run_over(make_session(float_model, outputs=[name]), data, [name])[0]
-    return {**data.arrays, "target": target.reshape(data.num_samples, *_output_tail(float_model, data, name))}, "mse"
+    session = make_session(float_model, outputs=[name])
+    values = [run_session(session, [name], feeds)[0] for feeds in data.feeds()]
+    target = np.concatenate(values) if data.batched else np.stack(values)
+    return data, {**data.arrays, "target": target}, "mse"
 
 
 def trained_output(model: onnx.ModelProto) -> str:
     """The tensor the loss reads: the first output, or the logits where a Softmax / Sigmoid
     squashes it (cross-entropy wants logits; distilling probabilities lets the logits drift)."""
     return observed_tensors(model)[0]
-
-
-def _output_tail(model: onnx.ModelProto, data, name: str) -> tuple[int, ...]:
-    sample = {k: v[:1] for k, v in data.arrays.items()}
-    return make_session(model, outputs=[name]).run([name], sample)[0].shape[1:]
 
 
 def _trained_part(graph: TrainingGraph, name: str) -> TrainingGraph:
@@ -172,15 +169,13 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
             labels = np.load(labels_path)
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"{labels_path}: cannot read labels ({exc})") from exc
-    data, loss = _training_data(raw, float_model, labels, data_path)
+    inputs, data, loss = _training_data(raw, float_model, labels, data_path)
     workdir = workdir or output + ".lsq"
     os.makedirs(workdir, exist_ok=True)
     batch = min(config.batch, len(next(iter(data.values()))))
     static = _needs_static_shapes(graph.model)
     train_model = graph.model
     if static:
-        names = {i.name for i in qdq.graph.input}
-        inputs = make_calibration_set({k: v for k, v in data.items() if k in names}, graph.model, data_path)
         train_model = fix_symbolic_dims(graph.model, inputs, {}, batch)
     onnx.save(train_model, os.path.join(workdir, "train.onnx"))
     np.savez(os.path.join(workdir, "data.npz"), **data)

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 
 from onnxmp.candidates import Candidate
-from onnxmp.errors import ConfigError
+from onnxmp.errors import BudgetTooLowError, ConfigError
 
 CostFn = Callable[[int, Candidate], float]
 
@@ -117,10 +117,9 @@ def pick_for_budget(curve: ParetoCurve, budget: float) -> int:
         if point.relative_cost <= budget + 1e-9:
             return index
     cheapest = curve.points[-1].relative_cost
-    raise ConfigError(
+    raise BudgetTooLowError(
         f"--budget {budget} is below the cheapest assignment the candidates allow "
-        f"({cheapest:.3f} of the baseline); raise the budget or add lower candidates"
-    )
+        f"({cheapest:.3f} of the baseline); raise the budget or add lower candidates", cheapest)
 
 
 def _estimate(assignment: dict[int, Candidate], nsr: dict, base_nsr: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxmp.candidates import Candidate, parse_candidates
-from onnxmp.errors import ConfigError
+from onnxmp.errors import BudgetTooLowError, ConfigError
 from onnxmp.search import choose_for_budget, group_ladder, pareto_curve, pick_for_budget
 
 W4A8, W8A8, W8A16 = Candidate(4, 8), Candidate(8, 8), Candidate(8, 16)
@@ -50,8 +50,11 @@ def test_budget_choice_refines_a_greedy_step_that_undershoots():
     assert choice.assignment == {0: W8A8, 1: W8A8, 2: W8A8} and choice.refined
     assert choice.relative_cost == pytest.approx(0.5)
     assert choice.est_nsr == pytest.approx(base + 1e-4 + 1e-4 + 4.9e-3)
-    with pytest.raises(ConfigError, match="below the cheapest"):
+    with pytest.raises(BudgetTooLowError, match="below the cheapest") as refused:
         pick_for_budget(curve, 0.1)
+    cheapest = (3200 + 3200 + 32) / 25728  # every group at W4A8
+    assert refused.value.cheapest == pytest.approx(cheapest)
+    assert pick_for_budget(curve, refused.value.cheapest) == len(curve.points) - 1
 
 
 def test_budget_fill_raises_groups_back_when_budget_is_left():
