@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -25,7 +26,8 @@ def ort_quantize_static_w8a8(model_path: str, arrays: dict[str, np.ndarray], out
     UINT8 activations calibrated with min/max on ``arrays``."""
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(model_path, pre)
+        with contextlib.chdir(tmp):  # it writes shape-inference scratch files into the working directory
+            quant_pre_process(os.path.abspath(model_path), pre)
         quantize_static(pre, out_path, _Reader(arrays, batch), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
