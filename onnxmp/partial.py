@@ -125,6 +125,7 @@ class _Suffix:
     session: object
     varying: frozenset[str]
     baked_bytes: int
+    inputs: frozenset[str]
 
 
 class CutCache:
@@ -222,7 +223,8 @@ class CutCache:
             constants, baked = {}, 0
         self._bake_budget -= baked
         session = make_session(suffix_model(self.model, cut, computed, self.types, constants), keep_float_weights=True)
-        made = self._sessions[cut.position] = _Suffix(session, varying if constants else frozenset(reads), baked)
+        inputs = frozenset(i.name for i in session.get_inputs())
+        made = self._sessions[cut.position] = _Suffix(session, varying if constants else frozenset(reads), baked, inputs)
         return made
 
     def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:
@@ -232,9 +234,9 @@ class CutCache:
         produced = self._produced_by_position.setdefault(
             cut.position, {o for node in list(self.model.graph.node)[cut.position:] for o in node.output})
         computed = [name for name in self.observed if name in produced]
-        session = self._suffix(cut, changed, computed).session
-        inputs = {i.name for i in session.get_inputs()}
-        params = {k: v for k, v in feeds.items() if k in inputs}
+        suffix = self._suffix(cut, changed, computed)
+        session = suffix.session
+        params = {k: v for k, v in feeds.items() if k in suffix.inputs}
         chunks: list[list[np.ndarray]] = [[] for _ in self.observed]
         for cached in self.values[cut.position]:
             got = dict(zip(computed, run_session(session, computed, {**cached, **params}), strict=True)) if computed else {}

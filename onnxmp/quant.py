@@ -123,6 +123,8 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, bits: int, exact_zeros: int =
         counts[zero_bin] = max(counts[zero_bin] - exact_zeros, 0.0)
     if counts.sum() == 0 or hi - lo < _TINY:
         return lo, hi
+    filled = counts > 0  # empty bins add no error: leave them out of every evaluation
+    centers, counts = centers[filled], counts[filled]
     his = np.unique(np.concatenate([edges[edges > 0], [hi]]))
     los = np.unique(np.concatenate([edges[edges < 0], [lo]]))
     his = his[np.unique(np.linspace(0, len(his) - 1, min(grid, len(his))).round().astype(int))]
