@@ -67,11 +67,13 @@ def publish(name: str, caption: str, header: list[str], rows: list[list[str]]) -
 
 
 def publish_merged(name: str, caption: str, header: list[str], rows: list[list[str]],
-                   notes: dict[str, str] | None = None) -> str:
-    """Like publish, but rows (first cell: the model) and notes of models not in ``rows`` are kept
-    from the previous file, so models can be benchmarked one run at a time; returns the text."""
+                   notes: dict[str, str] | None = None, key_cells: int = 1) -> str:
+    """Like publish, but rows whose first ``key_cells`` cells (the model, and e.g. the target) no
+    row of ``rows`` has, and notes not given again, are kept from the previous file, so models
+    can be benchmarked one run at a time; returns the text."""
     path = os.path.join(HERE, "results", name)
-    rerun = {row[0] for row in rows}
+    rerun = {tuple(row[:key_cells]) for row in rows}
+    renoted = set(notes or {}) | ({row[0] for row in rows} if key_cells == 1 else set())
     old_rows: list[list[str]] = []
     old_notes: dict[str, str] = {}
     if os.path.isfile(path):
@@ -79,16 +81,18 @@ def publish_merged(name: str, caption: str, header: list[str], rows: list[list[s
             text = handle.read()
         for line in text.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if line.startswith("| ") and len(cells) == len(header) and cells != header and cells[0] not in rerun:
+            if (line.startswith("| ") and len(cells) == len(header) and cells != header
+                    and tuple(cells[:key_cells]) not in rerun):
                 old_rows.append(cells)
-        old_notes = {a: b for a, b in re.findall(r"^- \*\*(\S+)\*\*: (.*)$", text, re.M) if a not in rerun}
+        old_notes = {a: b for a, b in re.findall(r"^- \*\*(\S+)\*\*: (.*)$", text, re.M) if a not in renoted}
     order = [m.name for m in bench_models()]
     rank = {n: i for i, n in enumerate(order)}
-    merged = sorted(old_rows + rows, key=lambda r: rank.get(r[0], len(order)))  # stable: row order kept per model
+    merged = sorted(old_rows + rows,  # stable: row order kept per model (and key)
+                    key=lambda r: (rank.get(r[0], len(order)), *r[1:key_cells]))
     all_notes = {**old_notes, **(notes or {})}
+    noted = sorted(all_notes, key=lambda n: (rank.get(n.split("/")[0], len(order)), n))  # "model" or "model/key"
     text = (caption + "\n\n" + markdown_table(header, merged) + "\n"
-            + "".join(f"\n- **{n}**: {all_notes[n]}" for n in sorted(all_notes, key=lambda n: rank.get(n, len(order))))
-            + ("\n" if all_notes else ""))
+            + "".join(f"\n- **{n}**: {all_notes[n]}" for n in noted) + ("\n" if all_notes else ""))
     print(text)
     write_result(name, text)
     return text

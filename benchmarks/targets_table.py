@@ -80,8 +80,9 @@ def main() -> None:
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})
-            notes[bench.name] = f"onnxmp {git_state()}, {min(args.samples, len(arrays[arrays.files[0]]))} samples"
             for target in args.targets:
+                notes[f"{bench.name}/{target}"] = (f"onnxmp {git_state()}, "
+                                                   f"{min(args.samples, len(arrays[arrays.files[0]]))} samples")
                 rows.append(run(bench, target, calib))
                 print(" | ".join(rows[-1]), flush=True)
     publish_merged("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
@@ -89,7 +90,9 @@ def main() -> None:
             "candidate. SQNR at the pre-softmax/sigmoid outputs against the float model on the calibration "
             "samples, computed by the target's runtime (QNN HTP emulated on x86-64 by onnxruntime-qnn; OpenVINO "
             "CPU plugin at its default inference precision) and by onnxruntime CPU on the same exported file. "
-            "Models are run one at a time (`--models NAME`); each keeps its own note."), header, rows, notes)
+            "Models and targets can be run one at a time (`--models NAME --targets T`); each row keeps its "
+            "note (a note naming only the model covers its rows without a note of their own)."), header, rows, notes,
+            key_cells=2)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,20 @@ class ActivationStats:
     zeros: int  # values exactly 0, which quantize without error
     _mse_ranges: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    def params(self, bits: int, method: str = "mse") -> tuple[np.float32, int]:
+    def params(self, bits: int, method: str = "mse", margin: float = 0.0) -> tuple[np.float32, int]:
         """(scale, zero point) for this tensor at ``bits`` bits, by ``method`` ("minmax" or "mse";
-        16 bits always uses min/max). The MSE search runs once per bit-width (Phase 1 asks for
-        each range many times; recomputing it was 30% of Phase 1 on a 60-layer CNN)."""
+        16 bits always uses min/max), the range widened by ``margin`` of its width at each end that
+        is not 0.
+        The MSE search runs once per bit-width (Phase 1 asks for each range many times;
+        recomputing it was 30% of Phase 1 on a 60-layer CNN)."""
         if bits >= 16 or method == "minmax":
-            return quant.activation_params(self.minimum, self.maximum, bits)
-        if bits not in self._mse_ranges:
-            self._mse_ranges[bits] = quant.mse_range(self.hist, self.edges, bits, self.zeros)
-        return quant.activation_params(*self._mse_ranges[bits], bits)
+            lo, hi = self.minimum, self.maximum
+        else:
+            if bits not in self._mse_ranges:
+                self._mse_ranges[bits] = quant.mse_range(self.hist, self.edges, bits, self.zeros)
+            lo, hi = self._mse_ranges[bits]
+        width = hi - lo  # an end at 0 stays (a ReLU output keeps zero point 0, which fusions expect)
+        return quant.activation_params(lo - margin * width if lo < 0 else lo, hi + margin * width if hi > 0 else hi, bits)
 
 
 @dataclasses.dataclass(frozen=True)

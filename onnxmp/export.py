@@ -156,48 +156,77 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     return out
 
 
-ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div")
+ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+TABLE_OPS = ("Gather", "Slice")  # read rows of a constant table (embeddings) into a tensor
+
+
+def _constant_operand_type(node: onnx.NodeProto, inits: dict[str, TensorProto], dq_of: dict[str, onnx.NodeProto],
+                           q_readers: dict[str, onnx.NodeProto]) -> int | None:
+    """The activation type a float constant operand of ``node`` is stored in: that of a
+    quantized activation operand (elementwise ops), or of the quantized output (table reads)."""
+    if node.op_type in ELEMENTWISE_OPS:
+        zps = [inits[dq_of[i].input[2]] for i in node.input if i in dq_of and dq_of[i].input[0] not in inits]
+        return zps[0].data_type if zps else None
+    if node.op_type in TABLE_OPS and node.output[0] in q_readers:
+        return inits[q_readers[node.output[0]].input[2]].data_type
+    return None
 
 
 def dequantize_constant_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy in which every float constant operand of an elementwise op whose other operand is
-    a quantized activation is stored quantized behind a DequantizeLinear, in that activation's
-    type (per tensor, range widened to hold 0; a scalar lands exactly on its end of the range).
-    Qualcomm's HTP backend refuses to finalize a graph with a float constant in a quantized
-    Div/Mul/Add/Sub feeding a Conv (QNN_COMMON_ERROR_MEM_ALLOC; ppocr_cls's hard-swish x·relu6(x+3)/6)."""
+    a quantized activation, and every float constant table a Gather/Slice reads into a quantized
+    tensor, is stored quantized behind a DequantizeLinear in that activation's type (an operand per
+    tensor, range widened to hold 0, so a scalar lands exactly on its end of the range; a table on
+    its output's grid, which HTP requires and which changes no value). Qualcomm's HTP
+    backend refuses to finalize a graph holding such float constants (QNN_COMMON_ERROR_MEM_ALLOC;
+    ppocr_cls's hard-swish x·relu6(x+3)/6, MiniLM's word-embedding Gather)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     dq_of = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    q_readers = {n.input[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
     fresh = _FreshNames(out)
     head: list[onnx.NodeProto] = []
     done: dict[tuple[str, int], str] = {}
     for node in graph.node:
-        if node.op_type not in ELEMENTWISE_OPS:
+        elem_type = _constant_operand_type(node, inits, dq_of, q_readers)
+        if elem_type is None:
             continue
-        activation_zps = [inits[dq_of[i].input[2]] for i in node.input if i in dq_of and dq_of[i].input[0] not in inits]
-        if not activation_zps:
-            continue
-        elem_type = activation_zps[0].data_type
-        for k, name in enumerate(node.input):
+        for k, name in enumerate(node.input[:1] if node.op_type in TABLE_OPS else node.input):
             if name not in inits or inits[name].data_type != TensorProto.FLOAT or (name, elem_type) in done:
                 node.input[k] = done.get((name, elem_type), name)
                 continue
             bits = {TensorProto.UINT4: 4, TensorProto.UINT8: 8, TensorProto.UINT16: 16}[elem_type]
             value = onnx.numpy_helper.to_array(inits[name]).astype(np.float32)
-            scale, zp = quant.activation_params(min(float(value.min()), 0.0), max(float(value.max()), 0.0), bits)
-            qmin, qmax = quant.unsigned_range(bits)
-            q = np.clip(np.round(value / scale) + zp, qmin, qmax)
             target, q_name = fresh(f"{name}_dequantized"), fresh(f"{name}_quantized")
-            s_name, z_name, params = _activation_scale_zero_point(name, scale, zp, bits, fresh)
-            graph.initializer.append(helper.make_tensor(q_name, elem_type, list(value.shape),
-                                                        q.astype(_ACT_TYPES[bits][1]).ravel()))
-            graph.initializer.extend(params)
+            if node.op_type in TABLE_OPS:  # on the output's grid: Gather(Q(table)) = Q(Gather(table)), exactly
+                _, s_name, z_name = q_readers[node.output[0]].input
+                scale = onnx.numpy_helper.to_array(inits[s_name])
+                zp = int(onnx.numpy_helper.to_array(inits[z_name]))
+            else:
+                scale, zp = quant.activation_params(min(float(value.min()), 0.0), max(float(value.max()), 0.0), bits)
+                s_name, z_name, params = _activation_scale_zero_point(name, scale, zp, bits, fresh)
+                graph.initializer.extend(params)
+            qmin, qmax = quant.unsigned_range(bits)
+            graph.initializer.append(_unsigned_tensor(q_name, np.clip(np.round(value / scale) + zp, qmin, qmax), bits))
             head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [target],
                                          name=f"{target}_DequantizeLinear"))
             done[(name, elem_type)] = node.input[k] = target
     nodes = head + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
+    still_read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in still_read or (t.name, t.data_type) not in
+            {(name, TensorProto.FLOAT) for name, _ in done}]  # a float table no longer read is not kept
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return out
+
+
+def _unsigned_tensor(name: str, q: np.ndarray, bits: int) -> TensorProto:
+    """An unsigned integer initializer (uint4 / uint8 / uint16) of integer values ``q``."""
+    elem_type, np_type = _ACT_TYPES[bits]
+    if bits == 4:
+        return helper.make_tensor(name, elem_type, list(q.shape), q.astype(np_type).ravel())
+    return onnx.numpy_helper.from_array(np.ascontiguousarray(q, dtype=np_type), name)

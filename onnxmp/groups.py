@@ -46,7 +46,7 @@ ACTIVATION_INPUTS = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "Clip": (0,), "Resize": (0,), "Pad": (0,),
     "Split": (0,), "Slice": (0,), "Gather": (0,), "Reshape": (0,), "Expand": (0,), "Tile": (0,),
     "Squeeze": (0,), "Unsqueeze": (0,), "Where": (1, 2), "LayerNormalization": (0,),
-    "InstanceNormalization": (0,), "ReduceMean": (0,),
+    "InstanceNormalization": (0,), "ReduceMean": (0,), "ReduceSum": (0,),
 }
 # Activation functions a weighted op's output fuses into: no quantizer in between.
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
@@ -178,8 +178,8 @@ def constant_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     return constant - set(index.initializers)
 
 
-def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str]
-                           ) -> tuple[list[str], list[Skip]]:
+def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str],
+                           quantized_ops: frozenset[str]) -> tuple[list[str], list[Skip]]:
     """Float tensors read or written by quantized ops, in graph order, and those skipped."""
     chosen: dict[str, None] = {}
     skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
@@ -189,7 +189,7 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float
     for name in sorted(fused):
         skips.append(Skip(name, f"output of {index.producers[name].name} fused into the following activation"))
     for node in graph.node:
-        if node.op_type not in QUANTIZED_OPS:
+        if node.op_type not in quantized_ops:
             continue
         weighted = _try_weighted_op(node, index)
         weight, bias = (weighted.weight, weighted.bias) if isinstance(weighted, WeightedOp) else (None, None)
@@ -209,12 +209,14 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float
     return list(chosen), skips
 
 
-def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None) -> QuantPlan:
+def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
+                    quantized_ops: frozenset[str] = QUANTIZED_OPS) -> QuantPlan:
     """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
-    ``keep_float`` maps tensors that must stay float to the reason why."""
+    ``keep_float`` maps tensors that must stay float to the reason why; ``quantized_ops``: the
+    op types whose float inputs and outputs are quantized (a target may need more)."""
     graph = model.graph
     index = GraphIndex.build(graph)
-    activations, skips = _activation_candidates(graph, index, keep_float or {})
+    activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
     quantized = set(activations)
     weighted: list[WeightedOp] = []
     for node in graph.node:

@@ -58,9 +58,13 @@ def round_to_nearest(w: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> 
 class QuantParams:
     """Lazily computed, cached quantization parameters for one model, plan and calibration."""
 
-    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration) -> None:
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
+                 range_margin: float = 0.0) -> None:
+        """``range_margin``: each activation range widened by this fraction of its width on both
+        sides (a target whose kernels wrap around instead of saturating at the range ends)."""
         self.plan = plan
         self.calibration = calibration
+        self.range_margin = range_margin
         self._model = model
         self._ops = {op.node: op for op in plan.weighted_ops}
         self._activations = set(plan.activations)
@@ -81,7 +85,7 @@ class QuantParams:
 
     def activation(self, name: str, bits: int, method: str | None = None) -> tuple[np.float32, int]:
         chosen = method or self.range_method.get((name, bits), "mse")
-        return self.calibration.stats[name].params(bits, chosen)
+        return self.calibration.stats[name].params(bits, chosen, self.range_margin)
 
     def weight(self, op: WeightedOp, bits: int) -> QuantizedWeight:
         key = (op.weight, bits)

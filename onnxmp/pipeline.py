@@ -30,7 +30,7 @@ from onnxmp.errors import ConfigError, ModelError, NothingToQuantizeError
 from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
 from onnxmp.export import dequantize_constant_operands, export_qdq
 from onnxmp.files import check_writable, save_json, save_model
-from onnxmp.groups import QuantPlan, find_quantizers
+from onnxmp.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
 from onnxmp.large import is_large, save_with_external_data
 from onnxmp.loader import load_model, prepare_model
 from onnxmp.params import QuantParams
@@ -159,8 +159,12 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
+        profile = get_target(config.target)
+        if profile.rewrite is not None:
+            model = profile.rewrite(model)
         data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
-        plan = find_quantizers(model)
+        quantized_ops = QUANTIZED_OPS | profile.extra_quantized_ops
+        plan = find_quantizers(model, quantized_ops=quantized_ops)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
@@ -172,12 +176,12 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     with _timed(timings, "calibrate"):
         reuse = cached is not None and arrays is not None
         calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
-        plan = _keep_non_finite_float(model, plan, calibration)
-        allowed = get_target(config.target).group_candidates(plan, config.candidates, model)
+        plan = _keep_non_finite_float(model, plan, calibration, quantized_ops)
+        allowed = profile.group_candidates(plan, config.candidates, model)
         hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
         reference = run_over(make_session(model, outputs=observed), data, observed)
-        params = QuantParams(model, plan, calibration)
+        params = QuantParams(model, plan, calibration, profile.range_margin)
     rounding = None
     if bits:
         with _timed(timings, "adaround"):
@@ -200,7 +204,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
                     cache, hit, timings, rounding, allowed)
 
 
-def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration) -> QuantPlan:
+def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
+                           quantized_ops: frozenset[str]) -> QuantPlan:
     """The plan without the activations that hold NaN or Inf on the calibration data (an
     attention mask of -inf): no scale can represent them, so they stay float."""
     if not calibration.non_finite:
@@ -208,7 +213,8 @@ def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration:
     logger.info("%d activation(s) hold NaN or Inf on the calibration data and stay float: %s",
                 len(calibration.non_finite), ", ".join(calibration.non_finite[:5]))
     try:
-        return find_quantizers(model, dict.fromkeys(calibration.non_finite, "NaN or Inf on the calibration data"))
+        return find_quantizers(model, dict.fromkeys(calibration.non_finite, "NaN or Inf on the calibration data"),
+                               quantized_ops)
     except NothingToQuantizeError as exc:
         raise ModelError(f"the float model computes NaN or Inf at {calibration.non_finite[0]!r} and every other "
                          "tensor onnxmp could quantize, on the calibration data; check the model and the scale "

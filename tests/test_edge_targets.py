@@ -254,3 +254,87 @@ def test_qnn_htp_takes_float_constant_operands_once_dequantized(tmp_path):
     assert check["promise_kept"] and check["fallback"] == []
     div = next(n for n in model.graph.node if n.op_type == "Div")
     assert div.input[1] in {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def _tiny_bert(folder) -> tuple[str, str]:
+    """Token ids → word-embedding Gather → LayerNormalization → MatMul → erf-form GELU → MatMul →
+    residual Add → L2 normalisation (ReduceSum, Sqrt, Max with eps, Div), as MiniLM's export
+    writes them (random weights)."""
+    rng = np.random.default_rng(7)
+    dim, vocab = 16, 40
+
+    def const(name: str, value) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    inits = [const("table", rng.standard_normal((vocab, dim)) * 0.5), const("gamma", np.ones(dim)),
+             const("beta", np.zeros(dim)), const("w1", rng.standard_normal((dim, 2 * dim)) / 4),
+             const("w2", rng.standard_normal((2 * dim, dim)) / 6), const("sqrt2", np.sqrt(2.0)), const("one", 1.0),
+             const("half", 0.5), const("eps", 1e-12), numpy_helper.from_array(np.array([-1], np.int64), "axis")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="word/Gather"),
+             helper.make_node("LayerNormalization", ["emb", "gamma", "beta"], ["h"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["h", "w1"], ["u"], name="fc1"),
+             helper.make_node("Div", ["u", "sqrt2"], ["d"], name="gelu/Div"),
+             helper.make_node("Erf", ["d"], ["e"], name="gelu/Erf"),
+             helper.make_node("Add", ["e", "one"], ["p"], name="gelu/Add"),
+             helper.make_node("Mul", ["u", "p"], ["m"], name="gelu/Mul"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="gelu/Half"),
+             helper.make_node("MatMul", ["g", "w2"], ["f"], name="fc2"),
+             helper.make_node("Add", ["f", "h"], ["r"], name="residual"),
+             helper.make_node("Mul", ["r", "r"], ["sq"], name="norm/Square"),
+             helper.make_node("ReduceSum", ["sq", "axis"], ["ss"], keepdims=1, name="norm/ReduceSum"),
+             helper.make_node("Sqrt", ["ss"], ["n"], name="norm/Sqrt"),
+             helper.make_node("Max", ["n", "eps"], ["nm"], name="norm/Max"),
+             helper.make_node("Div", ["r", "nm"], ["out"], name="norm/Div")]
+    graph = helper.make_graph(nodes, "tiny_bert", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, dim])], inits)
+    path, calib = str(folder / "tiny_bert.onnx"), str(folder / "tiny_bert.npz")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(calib, ids=rng.integers(0, vocab, (8, 8)).astype(np.int64))
+    return path, calib
+
+
+def test_constant_tables_read_into_quantized_tensors_are_stored_quantized():
+    from onnx.reference import ReferenceEvaluator
+
+    from onnxmp.export import dequantize_constant_operands
+
+    table = np.random.default_rng(3).standard_normal((20, 4)).astype(np.float32)
+    scale, zp = np.float32(8 / 65535), 32768  # the output's quantizer
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array(scale), "s"),
+             helper.make_tensor("z", TensorProto.UINT16, [], [zp])]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("QuantizeLinear", ["rows", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 4])], inits)
+    plain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    converted = dequantize_constant_operands(plain)
+    assert "table" not in {t.name for t in converted.graph.initializer}  # no float copy left behind
+    gather = next(n for n in converted.graph.node if n.op_type == "Gather")
+    assert gather.input[0] in {n.output[0] for n in converted.graph.node if n.op_type == "DequantizeLinear"}
+    table_dq = next(n for n in converted.graph.node if n.output[0] == gather.input[0])
+    assert list(table_dq.input[1:]) == ["s", "z"]  # the output's scale and zero point
+    ids = np.array([0, 7, 19, 7], np.int64)
+    # on the output's grid: the same values as quantizing after the Gather, and within half a step of the table
+    expected = (np.clip(np.round(table[ids] / scale) + zp, 0, 65535) - zp) * scale
+    got = ReferenceEvaluator(converted).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, ReferenceEvaluator(plain).run(None, {"ids": ids})[0], rtol=0, atol=1e-6)
+    assert np.abs(got - table[ids]).max() <= scale / 2 + 1e-6
+
+
+@needs_qnn
+def test_qnn_htp_runs_a_bert_style_encoder_with_embeddings_gelu_and_l2_norm(tmp_path):
+    path, calib = _tiny_bert(tmp_path)
+    check, model = _on_target("qnn-htp", "W8A16", 1.0, path, calib, tmp_path, TensorProto.UINT16)
+    # before: refused at finalize (float table, float ReduceSum/Sqrt/Max) and Erf on the CPU
+    assert check["promise_kept"] and check["fallback"] == [] and check["htp_partitions"] == 1
+    op_types = [n.op_type for n in model.graph.node]
+    assert "Gelu" in op_types and "Erf" not in op_types
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert {"n_float", "ss_float", "nm_float"} & quantized or {"n", "ss", "nm"} & quantized
+    # the onnxruntime CPU target keeps the model's own ops
+    record = optimize(path, str(tmp_path / "ort.onnx"), OptimizeConfig(candidates=parse_candidates("W8A16"),
+                                                                       budget=1.0, calib=calib, cache_dir=None)).record
+    assert record["chosen"]["sqnr_db_ort_default"] > 20
+    assert "Erf" in [n.op_type for n in onnx.load(str(tmp_path / "ort.onnx")).graph.node]

@@ -50,7 +50,12 @@ class TargetProfile:
     verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
     open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
     refuse_broken_promise: bool = False  # verify's "broken_promise" is an error (else a warning)
-    dequantize_constant_operands: bool = False  # float constants of Add/Sub/Mul/Div stored quantized + DQ
+    # float constant operands of elementwise ops, and constant tables that Gather/Slice read into
+    # a quantized tensor, stored quantized behind a DequantizeLinear
+    dequantize_constant_operands: bool = False
+    extra_quantized_ops: frozenset[str] = frozenset()  # quantized besides groups.QUANTIZED_OPS
+    range_margin: float = 0.0  # activation ranges widened by this fraction of their width on each side
+    rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
 

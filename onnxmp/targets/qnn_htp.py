@@ -12,9 +12,14 @@ nodes), or fails to load (an NHWC Conv no EP takes); onnxruntime's own QNN mixed
 inserts conversion ops there, which onnxmp's export does not yet write. A float constant operand
 of a quantized Div (PaddleOCR's hard-swish x·relu6(x+3)/6) in front of a Conv makes the backend
 refuse the whole graph (QNN_COMMON_ERROR_MEM_ALLOC at finalize, found by bisecting ppocr_cls);
-stored quantized behind a DequantizeLinear it runs (ppocr_cls 739/742 nodes on HTP). So: weights
-4 or 8 bits, one activation bit-width per model (8 or 16; 16 by default), static shapes, constant
-operands of Add/Sub/Mul/Div quantized.
+stored quantized behind a DequantizeLinear it runs (ppocr_cls 739/742 nodes on HTP). MiniLM was
+refused the same way (bisected over slices of the graph): by its float word-embedding table read
+by a Gather, and by float ReduceSum → Sqrt → Max (the L2 normalisation) between quantized ops;
+with the table stored quantized and those ops quantized, it loads. Erf has no HTP kernel (each
+erf-form GELU falls back to the CPU and splits the graph) while Gelu runs. So: weights 4 or 8
+bits, one activation bit-width per model (8 or 16; 16 by default), static shapes, constant
+operands of Add/Sub/Mul/Div/Max/Min and constant tables of Gather/Slice quantized, ReduceSum,
+Sqrt, Max and Min quantized, erf-form GELU written as Gelu.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ import onnx
 
 from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
+from onnxmp.fusions import fuse_erf_gelu
 from onnxmp.session import with_outputs
 from onnxmp.targets import TargetProfile, captured_stderr, runtime_missing, single_samples, sqnr_of_runs
 
 logger = logging.getLogger(__name__)
 
 EP = "QNNExecutionProvider"
+# HTP can wrap around instead of saturating where a result lands just past its range end (a
+# BERT-style L2 normalisation's Div gave +0.64 for -0.65, the calibrated minimum): 1% headroom
+# on each side (2.6 steps at 8 bits, ~650 at 16; costs < 0.2 dB of resolution) keeps it inside.
+RANGE_MARGIN = 0.01
 _REASON = re.compile(r"node `?([^`\s]+)`?(?: of type `?([^`\s]+)`?)?(.*)$")
 
 
@@ -177,6 +187,9 @@ PROFILE = TargetProfile(
     static_shapes=True,
     mixed_activation_bits=False,
     dequantize_constant_operands=True,
+    extra_quantized_ops=frozenset({"ReduceSum", "Sqrt", "Max", "Min"}),
+    range_margin=RANGE_MARGIN,
+    rewrite=fuse_erf_gelu,
     extra="qnn",
     verify=verify,
     open_session=open_session,
