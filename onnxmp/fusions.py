@@ -51,7 +51,7 @@ def _gelu_nodes(model: onnx.ModelProto, erf: onnx.NodeProto, producers: dict, re
     if scaled is None or scaled.op_type not in ("Div", "Mul"):
         return None
     x = _constant_operand(model, scaled, math.sqrt(2.0) if scaled.op_type == "Div" else 1 / math.sqrt(2.0))
-    if x is None or scaled.input[0] != x:
+    if x is None or (scaled.op_type == "Div" and scaled.input[0] != x):  # x/√2, not √2/x
         return None
     plus_one = _only_reader(readers, erf.output[0], "Add")
     if plus_one is None or _constant_operand(model, plus_one, 1.0) != erf.output[0]:
