@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import onnx
-from common import bench_models, markdown_table, write_result
+from common import bench_models, git_state, publish_merged
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import OptimizeConfig, quant
@@ -147,38 +147,44 @@ def measure(name: str, path: str, calib: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=200)
-    parser.add_argument("--models", nargs="*", default=["minilm"], help="real models (default: minilm, the largest)")
+    parser.add_argument("--models", nargs="*", default=["minilm"],
+                        help="real models (default: minilm, the largest; none given: the synthetic model only)")
+    parser.add_argument("--note", default="", help="conditions of the run, added to each model's note")
     parser.add_argument("--samples", type=int, default=16, help="calibration samples (first N of calib.npz)")
     args = parser.parse_args()
     header = ["model", "weighted layers", "groups", "samples", "naive evals", "naive s", "onnxmp evals",
               "whole-graph s", "partial s", "partial, 2 workers s", "speed-up (1 process)", "speed-up (2 workers)",
               "peak RSS MB whole / partial / 2 workers", "AdaRound s/layer 1 / 2 workers (layers)", "max SQNR gap dB"]
-    rows = []
+    rows, notes = [], {}
+    state = f"onnxmp {git_state()}, {args.samples} samples" + (f"; {args.note}" if args.note else "")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "deep.onnx")
         onnx.save(deep_cnn(args.layers), path)
         x = np.random.default_rng(1).standard_normal((args.samples, 3, 32, 32)).astype(np.float32)
         np.savez(os.path.join(tmp, "calib.npz"), input=x)
-        rows.append(measure(f"synthetic deep CNN ({args.layers} layers)", path, os.path.join(tmp, "calib.npz")))
+        rows.append(measure(f"synthetic_cnn_{args.layers}", path, os.path.join(tmp, "calib.npz")))
+        notes[rows[-1][0]] = f"a residual CNN of {args.layers} 3×3 convolutions on 16 channels, 32×32 inputs; {state}"
         print(" | ".join(rows[-1]), flush=True)
-        for bench in bench_models(args.models):
+        for bench in bench_models(args.models) if args.models else []:
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}_calib.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})
             rows.append(measure(bench.name, bench.model, calib))
+            notes[bench.name] = state
             print(" | ".join(rows[-1]), flush=True)
-    text = (f"Phase 1 (candidates W4A8,W8A8,W8A16; onnxruntime CPU, {os.cpu_count()} cores) measured in one run by "
+    caption = (f"Phase 1 (candidates W4A8,W8A8,W8A16; onnxruntime CPU, {os.cpu_count()} cores) measured by "
             "`python benchmarks/phase1_speed.py`. **naive**: a fresh exported QDQ model and session per group and "
-            "candidate (every candidate). **onnxmp**: one simulation session, equivalent evaluations skipped, the "
-            "range choice (min/max vs MSE clip) inside Phase 1; *whole-graph* evaluates the whole model each time "
+            "candidate (every candidate, min/max ranges). **onnxmp**: one simulation session, equivalent evaluations "
+            "skipped, and more work than the naive way: the range choice (min/max vs MSE clip, one more evaluation "
+            "per group with activations unless the two ranges agree) inside Phase 1; *whole-graph* evaluates the whole model each time "
             "(`--max-memory 0`), *partial* re-runs only the graph after the changed group from cached cut points "
             "(default), *2 workers* adds `--workers 2`. Speed-up = naive s / onnxmp s. Peak RSS: each onnxmp run "
             "in its own process (+ the largest worker). AdaRound: W4 weights, 1000 iterations per layer. The "
             "sensitivity lists agree: partial = workers (same order, < 1e-6 dB), whole within 0.01 dB (suffix "
             "sessions bake the baseline's weights in as constants, whose kernels sum in another order), naive "
-            "within the last column.\n\n" + markdown_table(header, rows) + "\n")
-    print(text)
-    write_result("phase1_speed.md", text)
+            "within the last column. Each row is measured in one run (naive and onnxmp alike); models are run "
+            "one at a time or together, each keeps its note.")
+    publish_merged("phase1_speed.md", caption, header, rows, notes)
 
 
 if __name__ == "__main__":
