@@ -1,6 +1,6 @@
 """Phase 1 and AdaRound at scale: the naive way versus onnxmp, measured in one run.
 
-    python benchmarks/phase1_speed.py [--layers 200] [--models minilm ...] [--samples 16]
+    python benchmarks/phase1_speed.py [--layers 200] [--models minilm ...] [--samples 16] [--note TEXT]
 
 Per model: the naive Phase 1 (a fresh exported QDQ model and onnxruntime session per group and
 candidate, every candidate evaluated); onnxmp evaluating whole graphs (``--max-memory 0``);
@@ -146,7 +146,7 @@ def measure(name: str, path: str, calib: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=200)
+    parser.add_argument("--layers", type=int, default=200, help="of the synthetic model (0: no synthetic model)")
     parser.add_argument("--models", nargs="*", default=["minilm"],
                         help="real models (default: minilm, the largest; none given: the synthetic model only)")
     parser.add_argument("--note", default="", help="conditions of the run, added to each model's note")
@@ -158,13 +158,15 @@ def main() -> None:
     rows, notes = [], {}
     state = f"onnxmp {git_state()}, {args.samples} samples" + (f"; {args.note}" if args.note else "")
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "deep.onnx")
-        onnx.save(deep_cnn(args.layers), path)
-        x = np.random.default_rng(1).standard_normal((args.samples, 3, 32, 32)).astype(np.float32)
-        np.savez(os.path.join(tmp, "calib.npz"), input=x)
-        rows.append(measure(f"synthetic_cnn_{args.layers}", path, os.path.join(tmp, "calib.npz")))
-        notes[rows[-1][0]] = f"a residual CNN of {args.layers} 3×3 convolutions on 16 channels, 32×32 inputs; {state}"
-        print(" | ".join(rows[-1]), flush=True)
+        if args.layers:
+            path = os.path.join(tmp, "deep.onnx")
+            onnx.save(deep_cnn(args.layers), path)
+            x = np.random.default_rng(1).standard_normal((args.samples, 3, 32, 32)).astype(np.float32)
+            np.savez(os.path.join(tmp, "calib.npz"), input=x)
+            rows.append(measure(f"synthetic_cnn_{args.layers}", path, os.path.join(tmp, "calib.npz")))
+            notes[rows[-1][0]] = (f"a residual CNN of {args.layers} 3×3 convolutions on 16 channels, 32×32 inputs; "
+                                  f"{state}")
+            print(" | ".join(rows[-1]), flush=True)
         for bench in bench_models(args.models) if args.models else []:
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}_calib.npz")
