@@ -139,8 +139,14 @@ class CutCache:
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
-                 count: int = DEFAULT_CUTS) -> None:
+                 count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = ()) -> None:
+        """``feed_groups``: the sets of feeds that change together (one per quantizer group);
+        each stays an input of the suffix its evaluations start from, so which parameters a
+        suffix bakes in depends only on the plan, not on which groups this process measured
+        before (baked and fed weights run different kernels: results would differ in the last
+        bits between one process and several)."""
         self.model = model
+        self._feed_groups = [g for g in feed_groups if g]
         self.data = data
         self.observed = observed
         self.baseline_feeds = baseline_feeds
@@ -213,7 +219,8 @@ class CutCache:
         window_end = later[0] if later else len(self.model.graph.node)
         window = {name for name, at in self._first_reader.items()
                   if cut.position <= at < window_end and name in self.baseline_feeds}
-        varying = frozenset(window | changed | (have.varying if have else set()))
+        starting_here = [g for g in self._feed_groups if self.cut_before(self.start_of_change(g)) is cut]
+        varying = frozenset(window.union(*starting_here) | changed | (have.varying if have else set()))
         if have is not None:
             self._bake_budget += have.baked_bytes
         reads = set().union(*(node_reads(n) for n in list(self.model.graph.node)[cut.position:]))

@@ -187,10 +187,27 @@ class Simulator:
         only late in the graph run only from there on (Phase 1: one group changed at a time)."""
         feeds = self.feeds_for(assignment)
         try:
-            self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory)
+            self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
+                                     feed_groups=self.group_feeds())
         except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
             logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
             self._partial = None
+
+    def group_feeds(self) -> list[frozenset[str]]:
+        """Per group, every parameter feed that its candidate sets: its activations' quantizer
+        parameters, its weights with their biases, and the biases of the ops reading its
+        activations (a bias's int32 scale follows its input's)."""
+        found = []
+        for group in self.plan.groups:
+            names = {_param_name(a + "::fq" if a in self._graph_inputs else a, s)
+                     for a in group.activations for s in _SUFFIXES}
+            for op in self.plan.weighted_ops:
+                if op.weight in group.weights:
+                    names.update(n for n in (op.weight, op.bias) if n)
+                elif op.bias and op.activation in group.activations:
+                    names.add(op.bias)
+            found.append(frozenset(names))
+        return found
 
     def drop_baseline(self) -> None:
         self._partial = None

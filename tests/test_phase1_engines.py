@@ -118,3 +118,25 @@ def test_ray_backend_gives_the_same_list(engines):
     assert _table(on_ray) == pytest.approx(_table(engines["workers"]), rel=1e-9, abs=1e-15)  # same engine
     assert _table(on_ray) == pytest.approx(_table(whole), rel=1e-3, abs=1e-12)
     assert on_ray.params.range_method == whole.params.range_method
+
+
+def test_suffix_sessions_do_not_depend_on_what_was_measured_before(engines):
+    """One process measures every group, a worker only some: each cut's suffix must take the same
+    parameters as inputs (the rest baked in), or the two compute with different kernels."""
+    analysis = engines["partial"]
+    sim, plan = analysis.simulator, analysis.plan
+    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    baseline = {g.gid: highest for g in plan.groups}
+
+    def suffixes(groups) -> tuple[dict, dict]:
+        sim.keep_baseline(baseline)
+        nsr = {g.gid: sim.nsr({**baseline, g.gid: lowest}) for g in groups}
+        made = {position: suffix.varying for position, suffix in sim._partial._sessions.items()}
+        sim.drop_baseline()
+        return made, nsr
+
+    everything, all_nsr = suffixes(plan.groups)
+    last = plan.groups[1::3]  # as a worker measures them
+    alone, alone_nsr = suffixes(last)
+    assert alone and all(everything[position] == varying for position, varying in alone.items())
+    assert all(alone_nsr[g.gid] == all_nsr[g.gid] for g in last)  # bit for bit
