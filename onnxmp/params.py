@@ -60,8 +60,8 @@ class QuantParams:
 
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
                  range_margin: float = 0.0) -> None:
-        """``range_margin``: each activation range widened by this fraction of its width on both
-        sides (a target whose kernels wrap around instead of saturating at the range ends)."""
+        """``range_margin``: each activation range widened by this fraction of its width at its
+        ends other than 0 (a target whose kernels wrap around instead of saturating there)."""
         self.plan = plan
         self.calibration = calibration
         self.range_margin = range_margin

@@ -54,7 +54,7 @@ class TargetProfile:
     # a quantized tensor, stored quantized behind a DequantizeLinear
     dequantize_constant_operands: bool = False
     extra_quantized_ops: frozenset[str] = frozenset()  # quantized besides groups.QUANTIZED_OPS
-    range_margin: float = 0.0  # activation ranges widened by this fraction of their width on each side
+    range_margin: float = 0.0  # activation ranges widened by this fraction of their width at non-zero ends
     rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)

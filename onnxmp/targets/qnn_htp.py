@@ -19,7 +19,8 @@ with the table stored quantized and those ops quantized, it loads. Erf has no HT
 erf-form GELU falls back to the CPU and splits the graph) while Gelu runs. So: weights 4 or 8
 bits, one activation bit-width per model (8 or 16; 16 by default), static shapes, constant
 operands of Add/Sub/Mul/Div/Max/Min and constant tables of Gather/Slice quantized, ReduceSum,
-Sqrt, Max and Min quantized, erf-form GELU written as Gelu.
+Sqrt, Max and Min quantized, erf-form GELU written as Gelu, activation ranges with headroom
+(``RANGE_MARGIN``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 EP = "QNNExecutionProvider"
 # HTP can wrap around instead of saturating where a result lands just past its range end (a
 # BERT-style L2 normalisation's Div gave +0.64 for -0.65, the calibrated minimum): 1% headroom
-# on each side (2.6 steps at 8 bits, ~650 at 16; costs < 0.2 dB of resolution) keeps it inside.
+# at each end other than 0 (2.6 steps at 8 bits, ~650 at 16; costs < 0.2 dB of resolution).
 RANGE_MARGIN = 0.01
 _REASON = re.compile(r"node `?([^`\s]+)`?(?: of type `?([^`\s]+)`?)?(.*)$")
 
