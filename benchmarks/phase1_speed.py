@@ -110,9 +110,12 @@ def in_fresh_process(*args) -> dict:
         return pool.submit(run_onnxmp, *args).result()
 
 
-def _agree(a: dict, b: dict, tolerance: float) -> float:
-    """Largest SQNR difference (dB) over entries below 100 dB (above: float rounding noise)."""
-    gaps = [abs(a[k] - b[k]) for k in a if a[k] < 100]
+def _agree(a: dict, b: dict, tolerance: float, noise_floor: float = 0.0) -> float:
+    """Largest SQNR difference (dB) over entries below 100 dB whose noise-to-signal ratios differ
+    by more than ``noise_floor`` (float kernels that sum in another order move an entry's NSR by
+    ~1e-9 of the signal: a flat dB tolerance fails on entries at 60-80 dB)."""
+    gaps = [abs(a[k] - b[k]) for k in a
+            if a[k] < 100 and abs(10 ** (-a[k] / 10) - 10 ** (-b[k] / 10)) > noise_floor]
     gap = max(gaps, default=0.0)
     assert gap <= tolerance, f"sensitivity lists differ by {gap:.4f} dB"
     return gap
@@ -125,7 +128,7 @@ def measure(name: str, path: str, calib: str) -> list[str]:
     assert partial["order"] == parallel["order"], "Phase 1 orders differ between 1 and 2 workers"
     _agree(partial["sqnr"], parallel["sqnr"], 1e-6)
     # suffix sessions compute with constant (pre-packed) weights: float-level differences only
-    _agree(whole["sqnr"], partial["sqnr"], 0.01)
+    _agree(whole["sqnr"], partial["sqnr"], 0.01, noise_floor=1e-8)
     gap = _agree(whole["sqnr"], whole["naive"], 0.05)
     ada1 = in_fresh_process(path, calib, 1, None, "auto", False)
     ada2 = in_fresh_process(path, calib, 2, None, "auto", False)
