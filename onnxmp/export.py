@@ -217,8 +217,9 @@ def dequantize_constant_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     still_read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in still_read or (t.name, t.data_type) not in
-            {(name, TensorProto.FLOAT) for name, _ in done}]  # a float table no longer read is not kept
+    replaced = {name for name, _ in done}  # a float constant no longer read is not kept
+    kept = [t for t in graph.initializer
+            if t.name in still_read or t.name not in replaced or t.data_type != TensorProto.FLOAT]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return out
