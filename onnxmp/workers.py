@@ -21,6 +21,7 @@ from onnxmp.candidates import Candidate
 from onnxmp.groups import QuantizerGroup
 from onnxmp.partial import DEFAULT_MAX_MEMORY
 from onnxmp.sensitivity import GroupResult, Progress, measure_group
+from onnxmp.session import THREADS_VARIABLE
 from onnxmp.simulate import Simulator
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,10 @@ _ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 @contextlib.contextmanager
 def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Iterator[concurrent.futures.Executor]:
     """Spawned worker processes (a fork would copy onnxruntime's thread state), each with one
-    BLAS thread: the processes are the parallelism."""
-    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)
+    BLAS thread and its share of the cores for onnxruntime: the processes are the parallelism."""
+    limits = {**_ONE_THREAD, THREADS_VARIABLE: str(max(1, (os.cpu_count() or 1) // workers))}
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
     try:
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                     initializer=initializer, initargs=initargs) as pool:
@@ -159,6 +161,7 @@ def _measure_on_ray(payload: bytes, groups: tuple[QuantizerGroup, ...], workers:
 
 class _RayMeasurer:
     def __init__(self, payload: bytes) -> None:
+        os.environ[THREADS_VARIABLE] = "1"  # an actor holds one CPU (its own process)
         self.measurer = GroupMeasurer.from_payload(payload)
 
     def measure(self, gid: int) -> GroupResult:
