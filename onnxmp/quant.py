@@ -130,8 +130,11 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, bits: int, exact_zeros: int =
     his = his[np.unique(np.linspace(0, len(his) - 1, min(grid, len(his))).round().astype(int))]
     los = los[np.unique(np.linspace(0, len(los) - 1, min(grid, len(los))).round().astype(int))]
     for _ in range(rounds):
+        before = (lo, hi)
         hi = float(his[np.argmin(_histogram_errors(centers, counts, np.full(his.shape, lo), his, bits))])
         lo = float(los[np.argmin(_histogram_errors(centers, counts, los, np.full(los.shape, hi), bits))])
+        if (lo, hi) == before:  # converged: further rounds would choose the same
+            break
     return min(lo, 0.0), max(hi, 0.0)
 
 
