@@ -127,7 +127,7 @@ def measure(name: str, path: str, calib: str) -> list[str]:
     parallel = in_fresh_process(path, calib, 2, None, "off", False)
     assert partial["order"] == parallel["order"], "Phase 1 orders differ between 1 and 2 workers"
     _agree(partial["sqnr"], parallel["sqnr"], 1e-6)
-    # suffix sessions compute with constant (pre-packed) weights: float-level differences only
+    # suffix sessions compute with constant weights (other convolution kernels): float-level differences only
     _agree(whole["sqnr"], partial["sqnr"], 0.01, noise_floor=1e-8)
     gap = _agree(whole["sqnr"], whole["naive"], 0.05)
     ada1 = in_fresh_process(path, calib, 1, None, "auto", False)
@@ -186,8 +186,9 @@ def main() -> None:
             "(default), *2 workers* adds `--workers 2`. Speed-up = naive s / onnxmp s. Peak RSS: each onnxmp run "
             "in its own process (+ the largest worker). AdaRound: W4 weights, 1000 iterations per layer. The "
             "sensitivity lists agree: partial = workers (same order, < 1e-6 dB), whole within 0.01 dB (suffix "
-            "sessions bake the baseline's weights in as constants, whose kernels sum in another order), naive "
-            "within the last column. Each row is measured in one run (naive and onnxmp alike); models are run "
+            "sessions bake the baseline's weights in as constants, for which onnxruntime picks other convolution "
+            "kernels that sum in another order; MatMul weights are not pre-packed, so MatMuls compute alike), "
+            "naive within the last column. Each row is measured in one run (naive and onnxmp alike); models are run "
             "one at a time or together, each keeps its note.")
     publish_merged("phase1_speed.md", caption, header, rows, notes)
 
