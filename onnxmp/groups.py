@@ -274,6 +274,7 @@ def _connected_groups(graph: onnx.GraphProto, weighted: list[WeightedOp], activa
 
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    """The float32 value of an initializer."""
+    """The float32 value of an initializer (read-only when it shares the tensor's bytes: no
+    second copy of a big weight)."""
     tensor = next(t for t in model.graph.initializer if t.name == name)
-    return numpy_helper.to_array(tensor).astype(np.float32)
+    return numpy_helper.to_array(tensor).astype(np.float32, copy=False)

@@ -33,7 +33,9 @@ class QuantizedWeight:
     def dequantized(self) -> np.ndarray:
         shape = [1] * self.q.ndim
         shape[self.axis] = -1
-        return (self.q.astype(np.float32) * self.scale.reshape(shape)).astype(np.float32)
+        values = self.q.astype(np.float32)
+        values *= self.scale.reshape(shape)  # in place: one float copy of a big weight
+        return values
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 # Clip ratios tried when searching an MSE-optimal symmetric weight range (per channel).
 _WEIGHT_CLIP_RATIOS = np.linspace(0.5, 1.0, 21, dtype=np.float64)
 _TINY = 1e-12
+_SCALE_BLOCK_BYTES = 16 << 20  # float64 channels per block in weight_scales
 
 
 def signed_range(bits: int) -> tuple[int, int]:
@@ -37,8 +38,10 @@ def _broadcast_shape(w: np.ndarray, axis: int) -> tuple[int, ...]:
 def quantize_symmetric(w: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> np.ndarray:
     """Per-channel symmetric quantization to integers (round half to even, saturate)."""
     qmin, qmax = signed_range(bits)
-    s = scale.reshape(_broadcast_shape(w, axis))
-    return np.clip(np.round(w / s), qmin, qmax).astype(np.int32)
+    q = np.divide(w, scale.reshape(_broadcast_shape(w, axis)), dtype=np.float32)
+    np.round(q, out=q)  # in place: a big weight costs one float copy, not three
+    np.clip(q, qmin, qmax, out=q)
+    return q.astype(np.int32)
 
 
 def fake_quant_symmetric(w: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> np.ndarray:
@@ -54,12 +57,19 @@ def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     of ratios of max |w| that minimises that channel's quantization MSE, which beats plain
     max-scaling at 4 bits by a wide margin and costs one pass per ratio.
     """
-    qmax = signed_range(bits)[1]
-    rows = _channel_view(np.asarray(w, dtype=np.float64), axis)
+    channels = _channel_view(np.asarray(w), axis)
+    step = max(1, _SCALE_BLOCK_BYTES // (8 * max(1, channels.shape[1])))
+    # a few channels at a time, in float64: a 256 MB weight would otherwise take GBs of temporaries
+    return np.concatenate([_channel_scales(channels[i:i + step].astype(np.float64), bits)
+                           for i in range(0, channels.shape[0], step)])
+
+
+def _channel_scales(rows: np.ndarray, bits: int) -> np.ndarray:
+    """``weight_scales`` of the channels in ``rows`` ([channels, rest], float64)."""
+    qmin, qmax = signed_range(bits)
     absmax = np.maximum(np.abs(rows).max(axis=1), _TINY)
     if bits >= 16:
         return (absmax / qmax).astype(np.float32)
-    qmin = signed_range(bits)[0]
     best_err = np.full(rows.shape[0], np.inf)
     best_scale = absmax / qmax
     for ratio in _WEIGHT_CLIP_RATIOS:
