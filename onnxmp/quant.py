@@ -61,7 +61,7 @@ def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     step = max(1, _SCALE_BLOCK_BYTES // (8 * max(1, channels.shape[1])))
     # a few channels at a time, in float64: a 256 MB weight would otherwise take GBs of temporaries
     return np.concatenate([_channel_scales(channels[i:i + step].astype(np.float64), bits)
-                           for i in range(0, channels.shape[0], step)])
+                           for i in range(0, max(1, channels.shape[0]), step)])
 
 
 def _channel_scales(rows: np.ndarray, bits: int) -> np.ndarray:

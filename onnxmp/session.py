@@ -43,7 +43,8 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     # Pool threads spin while waiting for work (onnxruntime's default): Phase 1 of a 100-layer CNN,
     # thousands of small nodes per run, took 27.6 s with sleeping threads, 23.1 s with spinning
     # ones. A worker process gets its share of the cores so that pools do not compete.
-    options.intra_op_num_threads = int(os.environ.get(THREADS_VARIABLE, "0"))
+    threads = os.environ.get(THREADS_VARIABLE, "")
+    options.intra_op_num_threads = int(threads) if threads.isdigit() else 0
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
