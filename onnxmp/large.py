@@ -20,7 +20,12 @@ _BIG_TENSOR = 1 << 12  # initializers smaller than this are always copied (shape
 
 
 def is_large(model: onnx.ModelProto) -> bool:
-    return sum(t.ByteSize() for t in model.graph.initializer) > LARGE_BYTES
+    return is_large_size(sum(t.ByteSize() for t in model.graph.initializer))
+
+
+def is_large_size(size: int) -> bool:
+    """True when ``size`` bytes of weights take the large-model paths."""
+    return size > LARGE_BYTES
 
 
 def _copy_fields(src: Message, dst: Message, skip: set[str]) -> None:

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnxmp.data import CalibrationSet
 from onnxmp.graph import subgraph_reads
-from onnxmp.large import is_large
+from onnxmp.large import is_large, is_large_size
 from onnxmp.session import make_session, run_session
 
 logger = logging.getLogger(__name__)
@@ -133,8 +133,8 @@ class CutCache:
     session per cut (made when first needed). A suffix session takes as inputs only the
     parameters that can differ from the baseline in evaluations starting at its cut (those first
     read before the next cut, and any seen differing); the others are baked in at their
-    baseline values while the baked bytes fit what ``max_memory`` leaves (never for models over
-    ``large.LARGE_BYTES``): constants let onnxruntime fold them and choose its layouts (NCHWc
+    baseline values while the baked bytes fit what ``max_memory`` leaves (never when the weights
+    fed to the simulation are over ``large.LARGE_BYTES``): constants let onnxruntime fold them and choose its layouts (NCHWc
     convolutions): Phase 1 of a 100-layer CNN ran in 25 s instead of 34 s (MatMul weights are
     not pre-packed, see ``session.NO_PREPACKING``)."""
 
@@ -159,7 +159,9 @@ class CutCache:
         self.bytes = sum(v.nbytes for batches in self.values.values() for batch in batches for v in batch.values())
         self._sessions: dict[int, _Suffix] = {}
         self._produced_by_position: dict[int, set[str]] = {}
-        self._bake_budget = 0 if is_large(model) else max(0, max_memory - self.bytes)
+        # the simulation model holds no weights (they are fed): a large model shows in its feeds
+        large = is_large(model) or is_large_size(sum(v.nbytes for v in baseline_feeds.values()))
+        self._bake_budget = 0 if large else max(0, max_memory - self.bytes)
         logger.info("partial re-evaluation: %d cuts kept of %d, %.1f MB cached", len(self.cuts), len(candidates),
                     self.bytes / 2**20)
 

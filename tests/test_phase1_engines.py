@@ -193,3 +193,21 @@ def test_baked_and_fed_matmul_weights_compute_alike():
     fed = make_session(matmul(False), keep_float_weights=True).run(None, {"x": x, "w": w})[0]
     np.testing.assert_array_equal(baked, fed)
     np.testing.assert_allclose(baked, x @ w, rtol=1e-4, atol=1e-3)
+
+
+def test_large_models_suffix_sessions_bake_no_weights(cnn_path, monkeypatch):
+    """The simulation model holds no weights (they are fed), so whether a model is large is told
+    by its feeds: a large model's suffix sessions must not bake its weights in (each suffix would
+    hold another copy; a 2 GB MLP peaked at 10 GB that way)."""
+    analysis = analyze(str(cnn_path), OptimizeConfig(adaround="off", cache_dir=None, max_memory=0))
+    sim, plan = analysis.simulator, analysis.plan
+    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    baseline = {g.gid: highest for g in plan.groups}
+    middle = {**baseline, plan.groups[len(plan.groups) // 2].gid: lowest}
+    for limit, baked in ((1 << 30, True), (1000, False)):  # the weights are a few kB
+        monkeypatch.setattr("onnxmp.large.LARGE_BYTES", limit)
+        sim.keep_baseline(baseline)
+        sim.outputs(middle)
+        sessions = list(sim._partial._sessions.values())
+        assert sessions and all((s.baked_bytes > 0) == baked for s in sessions), limit
+        sim.drop_baseline()
