@@ -84,7 +84,9 @@ def main() -> None:
     publish("large_model.md", ("A model over 2 GB through `onnxmp optimize` (default candidates and budget, no AdaRound, "
             f"{args.samples} calibration samples), measured by `python benchmarks/large_model.py`. Peak RSS is the "
             "optimize process's. The weights are read from the external data file once (into the prepared "
-            "model); onnxruntime sessions on the float model load their own copy while they live."), header, rows)
+            "model); onnxruntime sessions on the float model load their own copy while they live; Phase 1 feeds "
+            "its simulation dequantized float weights (a float copy while a run lasts, at most 1 GB of them "
+            "cached) next to the integer weights of each candidate bit-width (int8)."), header, rows)
 
 
 if __name__ == "__main__":
