@@ -134,9 +134,9 @@ class CutCache:
     parameters that can differ from the baseline in evaluations starting at its cut (those first
     read before the next cut, and any seen differing); the others are baked in at their
     baseline values while the baked bytes fit what ``max_memory`` leaves (never when the weights
-    fed to the simulation are over ``large.LARGE_BYTES``): constants let onnxruntime fold them and choose its layouts (NCHWc
-    convolutions): Phase 1 of a 100-layer CNN ran in 25 s instead of 34 s (MatMul weights are
-    not pre-packed, see ``session.NO_PREPACKING``)."""
+    fed to the simulation are over ``large.LARGE_BYTES``): constants let onnxruntime fold them
+    and choose its layouts (NCHWc convolutions): Phase 1 of a 100-layer CNN ran in 25 s instead
+    of 34 s (MatMul weights are not pre-packed, see ``session.NO_PREPACKING``)."""
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,

@@ -42,7 +42,7 @@ def _erf_gelu_model(opset: int, half_first: bool, extra_reader: bool = False, by
     if extra_reader:
         outputs.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 6]))
     graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
-                              outputs, consts + [w])
+                              outputs, [*consts, w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 

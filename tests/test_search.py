@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxmp.candidates import Candidate, parse_candidates
-from onnxmp.errors import BudgetTooLowError, ConfigError
+from onnxmp.errors import BudgetTooLowError
 from onnxmp.search import choose_for_budget, group_ladder, pareto_curve, pick_for_budget
 
 W4A8, W8A8, W8A16 = Candidate(4, 8), Candidate(8, 8), Candidate(8, 16)
