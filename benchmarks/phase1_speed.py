@@ -177,20 +177,19 @@ def main() -> None:
             rows.append(measure(bench.name, bench.model, calib))
             notes[bench.name] = state
             print(" | ".join(rows[-1]), flush=True)
-    caption = (f"Phase 1 (candidates W4A8,W8A8,W8A16; onnxruntime CPU, {os.cpu_count()} cores) measured by "
-            "`python benchmarks/phase1_speed.py`. **naive**: a fresh exported QDQ model and session per group and "
-            "candidate (every candidate, min/max ranges). **onnxmp**: one simulation session, equivalent evaluations "
-            "skipped, and more work than the naive way: the range choice (min/max vs MSE clip, one more evaluation "
-            "per group with activations unless the two ranges agree) inside Phase 1; *whole-graph* evaluates the whole model "
-            "each time "
-            "(`--max-memory 0`), *partial* re-runs only the graph after the changed group from cached cut points "
-            "(default), *2 workers* adds `--workers 2`. Speed-up = naive s / onnxmp s. Peak RSS: each onnxmp run "
-            "in its own process (+ the largest worker). AdaRound: W4 weights, 1000 iterations per layer. The "
-            "sensitivity lists agree: partial = workers (same order, < 1e-6 dB), whole within 0.01 dB (suffix "
-            "sessions bake the baseline's weights in as constants, for which onnxruntime picks other convolution "
-            "kernels that sum in another order; MatMul weights are not pre-packed, so MatMuls compute alike), "
-            "naive within the last column. Each row is measured in one run (naive and onnxmp alike); models are run "
-            "one at a time or together, each keeps its note.")
+    caption = (f"Phase 1 (candidates W4A8,W8A8,W8A16; onnxruntime CPU, {os.cpu_count()} cores) measured by `python "
+               "benchmarks/phase1_speed.py`. **naive**: a fresh exported QDQ model and session per group and candidate "
+               "(every candidate, min/max ranges). **onnxmp**: one simulation session, equivalent evaluations skipped, "
+               "and more work than the naive way: the range choice (min/max vs MSE clip, one more evaluation per group "
+               "with activations unless the two ranges agree) inside Phase 1; *whole-graph* evaluates the whole model "
+               "each time (`--max-memory 0`), *partial* re-runs only the graph after the changed group from cached cut "
+               "points (default), *2 workers* adds `--workers 2`. Speed-up = naive s / onnxmp s. Peak RSS: each onnxmp "
+               "run in its own process (+ the largest worker). AdaRound: W4 weights, 1000 iterations per layer. The "
+               "sensitivity lists agree: partial = workers (same order, < 1e-6 dB), whole within 0.01 dB (suffix "
+               "sessions bake the baseline's weights in as constants, for which onnxruntime picks other convolution "
+               "kernels that sum in another order; MatMul weights are not pre-packed, so MatMuls compute alike), naive "
+               "within the last column. Each row is measured in one run (naive and onnxmp alike); models are run one at "
+               "a time or together, each keeps its note.")
     publish_merged("phase1_speed.md", caption, header, rows, notes)
 
 

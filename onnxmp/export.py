@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _WEIGHT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
 _ACT_TYPES = {4: (TensorProto.UINT4, np.uint8), 8: (TensorProto.UINT8, np.uint8), 16: (TensorProto.UINT16, np.uint16)}
+_ACT_BITS = {elem_type: bits for bits, (elem_type, _) in _ACT_TYPES.items()}
 
 
 def integer_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:
@@ -193,11 +194,11 @@ def dequantize_constant_operands(model: onnx.ModelProto) -> onnx.ModelProto:
         elem_type = _constant_operand_type(node, inits, dq_of, q_readers)
         if elem_type is None:
             continue
+        bits = _ACT_BITS[elem_type]
         for k, name in enumerate(node.input[:1] if node.op_type in TABLE_OPS else node.input):
             if name not in inits or inits[name].data_type != TensorProto.FLOAT or (name, elem_type) in done:
                 node.input[k] = done.get((name, elem_type), name)
                 continue
-            bits = {TensorProto.UINT4: 4, TensorProto.UINT8: 8, TensorProto.UINT16: 16}[elem_type]
             value = onnx.numpy_helper.to_array(inits[name]).astype(np.float32)
             target, q_name = fresh(f"{name}_dequantized"), fresh(f"{name}_quantized")
             if node.op_type in TABLE_OPS:  # on the output's grid: Gather(Q(table)) = Q(Gather(table)), exactly
