@@ -21,12 +21,13 @@ import time
 import onnx
 from common import bench_models, git_state, publish_merged
 
-from onnxmp import OptimizeConfig, optimize, parse_candidates, quant
-from onnxmp.data import make_calibration_set, read_npz
+from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import BudgetTooLowError
-from onnxmp.finetune import FinetuneConfig, finetune
-from onnxmp.loader import load_model, prepare_model
-from onnxmp.session import make_session, observed_tensors, run_over
+from onnxmp.finetune.runner import FinetuneConfig, finetune
+from onnxmp.model.loader import load_model, prepare_model
+from onnxmp.quant import numerics
+from onnxmp.runtime.data import make_calibration_set, read_npz
+from onnxmp.runtime.session import make_session, observed_tensors, run_over
 
 
 def output_sqnr(path: str, float_path: str, calib: str) -> float:
@@ -35,7 +36,7 @@ def output_sqnr(path: str, float_path: str, calib: str) -> float:
     names = observed_tensors(float_model)
     data = make_calibration_set(read_npz(calib), float_model, calib)
     reference = run_over(make_session(float_model, outputs=names), data, names)
-    return quant.sqnr_db(reference, run_over(make_session(onnx.load(path), outputs=names), data, names))
+    return numerics.sqnr_db(reference, run_over(make_session(onnx.load(path), outputs=names), data, names))
 
 
 CONFIGS = {"W4A8": "W4A8", "W4A4": "W4A4,W4A8"}  # W4A4: groups onnxruntime refuses at A4 keep A8

@@ -23,7 +23,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from peers import ort_quantize_static_w8a8  # noqa: E402
 
-from onnxmp import OptimizeConfig, optimize, parse_candidates, quant  # noqa: E402
+from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
+from onnxmp.quant import numerics  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "digits", "digits_cnn.onnx")
 CALIB = os.path.join(ROOT, "models", "digits", "calib.npz")
@@ -36,7 +37,7 @@ def _run(path: str, x: np.ndarray) -> np.ndarray:
 
 def _row(name: str, path: str, record: dict | None, seconds: float, ref: dict) -> list[str]:
     calib_out, test_out = _run(path, ref["calib_x"]), _run(path, ref["test_x"])
-    sqnr = quant.sqnr_db([ref["calib_float"]], [calib_out])
+    sqnr = numerics.sqnr_db([ref["calib_float"]], [calib_out])
     top1 = float((test_out.argmax(1) == ref["labels"]).mean())
     if record is None:
         bops = memory = mix = "—"

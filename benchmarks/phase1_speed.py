@@ -27,10 +27,11 @@ import onnx
 from common import bench_models, git_state, publish_merged
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp import OptimizeConfig, quant
-from onnxmp.export import export_qdq
+from onnxmp import OptimizeConfig
+from onnxmp.output.export import export_qdq
 from onnxmp.pipeline import analyze
-from onnxmp.session import make_session, run_over, with_outputs
+from onnxmp.quant import numerics
+from onnxmp.runtime.session import make_session, run_over, with_outputs
 
 
 def deep_cnn(layers: int, seed: int = 0) -> onnx.ModelProto:
@@ -71,7 +72,7 @@ def naive_phase1(analysis, candidates) -> tuple[float, dict]:
             model = export_qdq(analysis.model, analysis.plan, analysis.params, {**baseline, group.gid: cand})
             session = make_session(with_outputs(model, names), optimized=False)  # no integer-kernel fusion
             outputs = run_over(session, analysis.data, names)
-            results[(group.gid, cand)] = quant.sqnr_db(analysis.simulator.reference, outputs)
+            results[(group.gid, cand)] = numerics.sqnr_db(analysis.simulator.reference, outputs)
     return time.perf_counter() - start, results
 
 

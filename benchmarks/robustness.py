@@ -35,8 +35,8 @@ sys.path.insert(0, HERE)
 from common import bench_models, git_state, publish_merged  # noqa: E402
 
 from onnxmp import OptimizeConfig, parse_candidates  # noqa: E402
-from onnxmp.data import read_npz  # noqa: E402
 from onnxmp.pipeline import analyze  # noqa: E402
+from onnxmp.runtime.data import read_npz  # noqa: E402
 
 CANDIDATES = "W4A8,W8A8,W8A16"
 TOP_K = 10

@@ -17,7 +17,7 @@ import time
 from common import bench_models, publish
 
 from onnxmp import OptimizeConfig, optimize
-from onnxmp.evaluate import Evaluator
+from onnxmp.search.evaluate import Evaluator
 
 
 def main() -> None:

@@ -33,11 +33,12 @@ sys.path.insert(0, HERE)
 from common import bench_models, git_state, markdown_table, write_result  # noqa: E402
 from peers import ort_quantize_static_w8a8  # noqa: E402
 
-from onnxmp import OptimizeConfig, optimize, parse_candidates, quant  # noqa: E402
-from onnxmp.data import make_calibration_set, read_npz  # noqa: E402
-from onnxmp.evaluate import Evaluator  # noqa: E402
-from onnxmp.loader import load_model, prepare_model  # noqa: E402
-from onnxmp.session import make_session, observed_tensors, run_over, with_outputs  # noqa: E402
+from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
+from onnxmp.model.loader import load_model, prepare_model  # noqa: E402
+from onnxmp.quant import numerics  # noqa: E402
+from onnxmp.runtime.data import make_calibration_set, read_npz  # noqa: E402
+from onnxmp.runtime.session import make_session, observed_tensors, run_over, with_outputs  # noqa: E402
+from onnxmp.search.evaluate import Evaluator  # noqa: E402
 
 RESULT = os.path.join(HERE, "results", "zoo.md")
 UNIFORM = ("W4A8", "W8A8", "W8A16")
@@ -172,7 +173,7 @@ def _peer_sqnr(peer_path: str, names: list[str], data, reference: list[np.ndarra
     else:
         peer_names = [_consumer_view(peer, n) for n in names]
     out = run_over(make_session(with_outputs(peer, peer_names)), data, peer_names)
-    return quant.sqnr_db(reference, out), note
+    return numerics.sqnr_db(reference, out), note
 
 
 def _peer_coverage(peer_path: str) -> tuple[int, int]:

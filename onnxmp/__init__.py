@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from onnxmp.candidates import Candidate, parse_candidates
+from onnxmp._version import __version__
 from onnxmp.errors import OnnxmpError
 from onnxmp.pipeline import OptimizeConfig, OptimizeResult, optimize
+from onnxmp.quant.candidates import Candidate, parse_candidates
 
-__all__ = ["Candidate", "OnnxmpError", "OptimizeConfig", "OptimizeResult", "optimize", "parse_candidates"]
+__all__ = ["Candidate", "OnnxmpError", "OptimizeConfig", "OptimizeResult", "__version__", "optimize", "parse_candidates"]

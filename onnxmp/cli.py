@@ -12,17 +12,17 @@ import sys
 import traceback
 
 import onnxmp
-from onnxmp import quant
-from onnxmp.candidates import DEFAULT_CANDIDATES, parse_candidates
-from onnxmp.cost import METRICS
 from onnxmp.errors import ConfigError, OnnxmpError
-from onnxmp.evaluate import load_user_evaluator
-from onnxmp.files import check_writable
-from onnxmp.finetune import FinetuneConfig, default_train_env, finetune, setup_train_env
-from onnxmp.partial import DEFAULT_MAX_MEMORY
+from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
+from onnxmp.model.files import check_writable
 from onnxmp.pipeline import OptimizeConfig, analyze, optimize
+from onnxmp.quant import numerics
+from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
+from onnxmp.quant.cost import METRICS
+from onnxmp.runtime.executor import BACKENDS
+from onnxmp.search.evaluate import load_user_evaluator
+from onnxmp.search.partial import DEFAULT_MAX_MEMORY
 from onnxmp.targets import TARGETS, get_target
-from onnxmp.workers import BACKENDS
 
 
 def default_cache_dir() -> str:
@@ -184,7 +184,7 @@ def _sensitivity_table(analysis, top: int) -> str:
     groups = {g.gid: g for g in analysis.plan.groups}
     rows = [s for s in analysis.sensitivities if s.evaluated]  # not the reused, equivalent ones
     rows = rows[:top] if top else rows
-    lines = [f"baseline (every group at the highest candidate): {quant.nsr_to_db(analysis.base_nsr):.2f} dB",
+    lines = [f"baseline (every group at the highest candidate): {numerics.nsr_to_db(analysis.base_nsr):.2f} dB",
              f"{'group':>5}  {'candidate':<9} {'SQNR dB':>8}  nodes"]
     for s in rows:
         g = groups[s.gid]

@@ -18,33 +18,34 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
-import onnxmp
-from onnxmp import quant
-from onnxmp.adaround import AdaRoundConfig
-from onnxmp.cache import ResultsCache, cache_key
-from onnxmp.calibrate import Calibration, calibrate
-from onnxmp.candidates import DEFAULT_CANDIDATES, Candidate, parse_candidates
-from onnxmp.cost import METRICS, CostModel
-from onnxmp.data import CalibrationSet, resolve_calibration
+from onnxmp._version import __version__
 from onnxmp.errors import ConfigError, ModelError, NothingToQuantizeError
-from onnxmp.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
-from onnxmp.export import dequantize_constant_operands, export_qdq
-from onnxmp.files import check_writable, save_json, save_model
-from onnxmp.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
-from onnxmp.large import is_large, save_with_external_data
-from onnxmp.loader import load_model, prepare_model
-from onnxmp.params import QuantParams
-from onnxmp.partial import DEFAULT_MAX_MEMORY
-from onnxmp.report import build_record, write_report_dir
-from onnxmp.rounding import RoundingReport, adaround_bits, apply_adaround
-from onnxmp.search import Choice, ParetoCurve, choose_for_budget, pareto_curve
-from onnxmp.sensitivity import Sensitivity, sensitivity_list
-from onnxmp.session import make_session, observed_tensors, run_over
-from onnxmp.shapes import fix_symbolic_dims, parse_fixed_dims
-from onnxmp.simulate import Assignment, Simulator
-from onnxmp.target import TargetDrop, binary_search, interpolation_search
+from onnxmp.model.files import check_writable, save_json, save_model
+from onnxmp.model.large import is_large, save_with_external_data
+from onnxmp.model.loader import load_model, prepare_model
+from onnxmp.output.export import dequantize_constant_operands, export_qdq
+from onnxmp.output.report import build_record, write_report_dir
+from onnxmp.quant import numerics
+from onnxmp.quant.calibrate import Calibration, calibrate
+from onnxmp.quant.candidates import DEFAULT_CANDIDATES, Assignment, Candidate, parse_candidates
+from onnxmp.quant.cost import METRICS, CostModel
+from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
+from onnxmp.quant.params import QuantParams
+from onnxmp.rounding.adaround import AdaRoundConfig
+from onnxmp.rounding.apply import RoundingReport, adaround_bits, apply_adaround
+from onnxmp.runtime.cache import ResultsCache, cache_key
+from onnxmp.runtime.data import CalibrationSet, resolve_calibration
+from onnxmp.runtime.executor import BACKENDS
+from onnxmp.runtime.session import make_session, observed_tensors, run_over
+from onnxmp.search.accuracy_target import TargetDrop, binary_search, interpolation_search
+from onnxmp.search.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
+from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, pareto_curve
+from onnxmp.search.partial import DEFAULT_MAX_MEMORY
+from onnxmp.search.phase1 import sensitivity_list
+from onnxmp.search.sensitivity import Sensitivity
+from onnxmp.search.simulate import Simulator
 from onnxmp.targets import get_target
-from onnxmp.workers import BACKENDS
+from onnxmp.targets.shapes import fix_symbolic_dims, parse_fixed_dims
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
-    options = {"candidates": [str(c) for c in config.candidates], "version": onnxmp.__version__, "target": config.target,
+    options = {"candidates": [str(c) for c in config.candidates], "version": __version__, "target": config.target,
                "adaround_bits": list(bits), "adaround_iterations": config.adaround_iterations if bits else None}
     cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
     cached = cache.load_json("phase1.json")
@@ -307,7 +308,7 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
         cost = sum(group_cost(g, c) for g, c in assignment.items())
         if cost <= config.budget * baseline_cost * (1 + 1e-9) and nsr < best[0]:
             logger.info("a measured %s point within budget beats the estimate's choice: %.2f dB vs %.2f dB",
-                        "curve" if index >= 0 else "uniform", quant.nsr_to_db(nsr), quant.nsr_to_db(best[0]))
+                        "curve" if index >= 0 else "uniform", numerics.nsr_to_db(nsr), numerics.nsr_to_db(best[0]))
             best = (nsr, Choice(assignment, cost, cost / baseline_cost, nsr, index, True))
     return best[1], best[0]
 
@@ -425,7 +426,7 @@ def _uniform_point(simulator: Simulator, costs: CostModel, allowed: dict, cand: 
     """Cost and simulated SQNR with every group at one candidate (the uniform baselines)."""
     assignment = uniform_assignment(allowed, cand)
     nsr = simulator.nsr(assignment)
-    return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": quant.nsr_to_db(nsr)}
+    return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": numerics.nsr_to_db(nsr)}
 
 
 def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[str],
@@ -444,7 +445,7 @@ def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[st
     default = run_over(make_session(qdq, outputs=names), data, names)
     precise = run_over(make_session(qdq, extra_config=PRECISE_SESSION_CONFIG, outputs=names), data, names)
     return {
-        "sqnr_db_ort_default": quant.sqnr_db(reference, default),
-        "sqnr_db_ort_precise": quant.sqnr_db(reference, precise),
+        "sqnr_db_ort_default": numerics.sqnr_db(reference, default),
+        "sqnr_db_ort_precise": numerics.sqnr_db(reference, precise),
         "precise_session_config": PRECISE_SESSION_CONFIG,
     }

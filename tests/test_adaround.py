@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxmp import adaround, quant
 from onnxmp.errors import ConfigError
+from onnxmp.quant import numerics
+from onnxmp.rounding import adaround
 
 _FAST = adaround.AdaRoundConfig(iterations=300)
 
@@ -97,7 +98,7 @@ def _small_problem(dtype: type = np.float64) -> adaround.RoundingProblem:
     x = rng.standard_normal((2, 3, 6, 6))
     attrs = {"pads": [1, 1, 1, 1]}
     grams = adaround.gram_matrices(adaround.layer_input_matrix("Conv", attrs, x, w.shape, 10**9))
-    scale = quant.weight_scales(w, 0, 4)
+    scale = numerics.weight_scales(w, 0, 4)
     return adaround.rounding_problem(w, scale, 0, 4, grams, "Conv", attrs, dtype=dtype)
 
 
@@ -165,7 +166,7 @@ def _check_rounding(q: np.ndarray, w: np.ndarray, scale: np.ndarray, axis: int, 
     shape = [1] * w.ndim
     shape[axis] = -1
     ratio = w.astype(np.float64) / scale.reshape(shape)
-    qmin, qmax = quant.signed_range(bits)
+    qmin, qmax = numerics.signed_range(bits)
     assert q.dtype == np.int32 and q.shape == w.shape and q.flags.c_contiguous
     assert q.min() >= qmin and q.max() <= qmax
     down, up = np.clip(np.floor(ratio), qmin, qmax), np.clip(np.floor(ratio) + 1, qmin, qmax)
@@ -177,12 +178,12 @@ def _check_rounding(q: np.ndarray, w: np.ndarray, scale: np.ndarray, axis: int, 
 def _adaround_vs_nearest(op_type: str, w: np.ndarray, axis: int, attrs: dict, calib: np.ndarray,
                          held_out: np.ndarray, bits: int, config: adaround.AdaRoundConfig) -> float:
     """AdaRound's held-out output error over round-to-nearest's, after checking the rounding."""
-    scale = quant.weight_scales(w, axis, bits)
+    scale = numerics.weight_scales(w, axis, bits)
     grams = adaround.gram_matrices(adaround.layer_input_matrix(op_type, attrs, calib, w.shape, config.max_rows))
     q = adaround.adaround_layer(w, scale, axis, bits, grams, op_type, attrs, config)
     _check_rounding(q, w, scale, axis, bits)
     test_rows = adaround.layer_input_matrix(op_type, attrs, held_out, w.shape, 4096, seed=1)
-    nearest = quant.quantize_symmetric(w, scale, axis, bits)
+    nearest = numerics.quantize_symmetric(w, scale, axis, bits)
     return _output_error(q, w, scale, axis, op_type, attrs, test_rows) / _output_error(
         nearest, w, scale, axis, op_type, attrs, test_rows)
 
@@ -224,7 +225,7 @@ def test_adaround_is_deterministic_and_leaves_its_inputs_alone():
     w_copy = w.copy()
     x = _smooth_images(rng, 4, 4, 10)
     grams = adaround.gram_matrices(adaround.layer_input_matrix("Conv", {}, x, w.shape, 256))
-    scale = quant.weight_scales(w, 0, 4)
+    scale = numerics.weight_scales(w, 0, 4)
     first = adaround.adaround_layer(w, scale, 0, 4, grams, "Conv", {}, _FAST)
     second = adaround.adaround_layer(w, scale, 0, 4, grams, "Conv", {}, _FAST)
     np.testing.assert_array_equal(first, second)

@@ -51,7 +51,7 @@ from conftest import make_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp.cli import main
-from onnxmp.groups import QUANTIZED_OPS
+from onnxmp.quant.groups import QUANTIZED_OPS
 
 BACKEND_DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 DISK_KINDS = ("node", "simple", "light", "pytorch-operator", "pytorch-converted")

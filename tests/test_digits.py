@@ -11,7 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxmp import OptimizeConfig, optimize, quant
+from onnxmp import OptimizeConfig, optimize
+from onnxmp.quant import numerics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "digits", "digits_cnn.onnx")
@@ -36,8 +37,8 @@ def test_budget_half_beats_onnxruntime_w8a8(tmp_path, peer):
     ref = _outputs(MODEL, x)
     out = str(tmp_path / "mixed.onnx")
     record = optimize(MODEL, out, OptimizeConfig(budget=0.5, metric="bops")).record
-    ours = quant.sqnr_db([ref], [_outputs(out, x)])
-    theirs = quant.sqnr_db([ref], [_outputs(peer, x)])
+    ours = numerics.sqnr_db([ref], [_outputs(out, x)])
+    theirs = numerics.sqnr_db([ref], [_outputs(peer, x)])
     assert record["chosen"]["relative_cost"] <= 0.5 + 1e-9  # the BOPs of uniform W8A8
     assert ours >= theirs, (ours, theirs)
     assert count_activation_quantizers(onnx.load(out)) >= count_activation_quantizers(onnx.load(peer))

@@ -13,15 +13,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
-from onnxmp.candidates import Candidate
 from onnxmp.cli import main
-from onnxmp.data import CalibrationSet
 from onnxmp.errors import ConfigError
-from onnxmp.groups import find_quantizers
-from onnxmp.loader import prepare_model
-from onnxmp.session import make_session
-from onnxmp.shapes import fix_symbolic_dims, parse_fixed_dims
+from onnxmp.model.loader import prepare_model
+from onnxmp.quant.candidates import Candidate
+from onnxmp.quant.groups import find_quantizers
+from onnxmp.runtime.data import CalibrationSet
+from onnxmp.runtime.session import make_session
 from onnxmp.targets import get_target
+from onnxmp.targets.shapes import fix_symbolic_dims, parse_fixed_dims
 
 DIGITS = "models/digits/digits_cnn.onnx"
 HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
@@ -230,7 +230,7 @@ def _hard_swish_cnn(folder) -> tuple[str, str]:
 def test_constant_operands_are_dequantized_exactly_for_scalars(tmp_path):
     from onnx.reference import ReferenceEvaluator
 
-    from onnxmp.export import dequantize_constant_operands
+    from onnxmp.output.export import dequantize_constant_operands
 
     path, calib = _hard_swish_cnn(tmp_path)
     out = tmp_path / "q.onnx"
@@ -296,7 +296,7 @@ def _tiny_bert(folder) -> tuple[str, str]:
 def test_constant_tables_read_into_quantized_tensors_are_stored_quantized():
     from onnx.reference import ReferenceEvaluator
 
-    from onnxmp.export import dequantize_constant_operands
+    from onnxmp.output.export import dequantize_constant_operands
 
     table = np.random.default_rng(3).standard_normal((20, 4)).astype(np.float32)
     scale, zp = np.float32(8 / 65535), 32768  # the output's quantizer

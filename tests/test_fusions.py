@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp.fusions import fuse_erf_gelu
+from onnxmp.model.fusions import fuse_erf_gelu
 
 
 def _gelu_reference(x: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ import pytest
 from conftest import make_cnn
 
 from onnxmp.errors import NothingToQuantizeError
-from onnxmp.groups import find_quantizers
-from onnxmp.loader import prepare_model
+from onnxmp.model.loader import prepare_model
+from onnxmp.quant.groups import find_quantizers
 
 
 @pytest.fixture

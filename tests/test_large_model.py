@@ -10,9 +10,10 @@ import onnx
 import pytest
 from conftest import make_cnn
 
-from onnxmp import OptimizeConfig, large, optimize
-from onnxmp.large import light_copy, save_with_external_data
-from onnxmp.session import make_session
+from onnxmp import OptimizeConfig, optimize
+from onnxmp.model import large
+from onnxmp.model.large import light_copy, save_with_external_data
+from onnxmp.runtime.session import make_session
 
 
 @pytest.fixture

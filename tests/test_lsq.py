@@ -17,10 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
-from onnxmp.finetune import FinetuneConfig, finetune, run_worker, train_python
-from onnxmp.loader import load_model, prepare_model
-from onnxmp.lsq import training_graph
-from onnxmp.session import make_session
+from onnxmp.finetune.lsq import training_graph
+from onnxmp.finetune.runner import FinetuneConfig, finetune, run_worker, train_python
+from onnxmp.model.loader import load_model, prepare_model
+from onnxmp.runtime.session import make_session
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(train_python()),
                                 reason="no LSQ training environment (onnxmp finetune --setup, or ONNXMP_TRAIN_PYTHON)")

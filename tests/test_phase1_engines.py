@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxmp import OptimizeConfig, quant
-from onnxmp.export import export_qdq
-from onnxmp.partial import find_cuts
+from onnxmp import OptimizeConfig
+from onnxmp.output.export import export_qdq
 from onnxmp.pipeline import analyze
-from onnxmp.session import make_session, run_over, with_outputs
+from onnxmp.quant import numerics
+from onnxmp.runtime.session import make_session, run_over, with_outputs
+from onnxmp.search.partial import find_cuts
 
 DIGITS = "models/digits/digits_cnn.onnx"
 
@@ -33,7 +34,7 @@ def _naive_db(analysis, candidates) -> dict:
         for cand in candidates:
             model = export_qdq(analysis.model, analysis.plan, analysis.params, {**baseline, group.gid: cand})
             outputs = run_over(make_session(with_outputs(model, names), optimized=False), analysis.data, names)
-            out[(group.gid, cand)] = quant.sqnr_db(analysis.simulator.reference, outputs)
+            out[(group.gid, cand)] = numerics.sqnr_db(analysis.simulator.reference, outputs)
     return out
 
 
@@ -64,7 +65,7 @@ def test_phase1_equals_naive_exported_models(engines):
     analysis = engines["partial"]
     candidates = OptimizeConfig().candidates
     naive = _naive_db(analysis, candidates)
-    ours = {k: quant.nsr_to_db(v) for k, v in _table(analysis).items()}
+    ours = {k: numerics.nsr_to_db(v) for k, v in _table(analysis).items()}
     for key, db in ours.items():
         if db < 100:  # above that both are float rounding noise
             assert naive[key] == pytest.approx(db, abs=0.05), key
@@ -205,7 +206,7 @@ def test_large_models_suffix_sessions_bake_no_weights(cnn_path, monkeypatch):
     baseline = {g.gid: highest for g in plan.groups}
     middle = {**baseline, plan.groups[len(plan.groups) // 2].gid: lowest}
     for limit, baked in ((1 << 30, True), (1000, False)):  # the weights are a few kB
-        monkeypatch.setattr("onnxmp.large.LARGE_BYTES", limit)
+        monkeypatch.setattr("onnxmp.model.large.LARGE_BYTES", limit)
         sim.keep_baseline(baseline)
         sim.outputs(middle)
         sessions = list(sim._partial._sessions.values())

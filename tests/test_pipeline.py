@@ -10,7 +10,7 @@ from conftest import make_cnn
 from onnx.reference import ReferenceEvaluator
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
-from onnxmp.loader import prepare_model
+from onnxmp.model.loader import prepare_model
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -131,7 +131,7 @@ def test_four_bit_activations_export_as_uint4_and_match_reference(cnn_path, tmp_
 
 def test_negative_dims_become_symbolic(tmp_path):
     """Some exporters write -1 for "any size"; the prepared model names those dimensions."""
-    from onnxmp.loader import prepare_model
+    from onnxmp.model.loader import prepare_model
 
     model = make_cnn()
     model.graph.input[0].type.tensor_type.shape.dim[0].Clear()

@@ -6,8 +6,8 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxmp import quant
-from onnxmp.export import integer_tensor
+from onnxmp.output.export import integer_tensor
+from onnxmp.quant import numerics
 
 
 def _qdq_reference(x: np.ndarray, scale: np.ndarray, zp: TensorProto, axis: int | None = None) -> np.ndarray:
@@ -29,19 +29,19 @@ def test_asymmetric_fake_quant_matches_reference_evaluator():
     x = (rng.standard_normal(4096) * 3).astype(np.float32)
     x[:8] = [0.5, 1.5, -2.5, 100.0, -100.0, 0.0, 2.5, 3.5]  # ties and saturation
     for bits, elem in ((8, TensorProto.UINT8), (16, TensorProto.UINT16)):
-        scale, zp = quant.activation_params(-4.0, 6.0, bits)
+        scale, zp = numerics.activation_params(-4.0, 6.0, bits)
         ref = _qdq_reference(x, np.array(scale, np.float32), helper.make_tensor("zp", elem, [], [zp]))
-        np.testing.assert_array_equal(quant.fake_quant_asymmetric(x, scale, zp, bits), ref)
+        np.testing.assert_array_equal(numerics.fake_quant_asymmetric(x, scale, zp, bits), ref)
 
 
 def test_symmetric_per_channel_matches_reference_evaluator():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((6, 4, 3)).astype(np.float32)
     for bits, elem in ((4, TensorProto.INT4), (8, TensorProto.INT8), (16, TensorProto.INT16)):
-        scale = quant.weight_scales(w, 0, bits)
+        scale = numerics.weight_scales(w, 0, bits)
         zp = helper.make_tensor("zp", elem, [6], [0] * 6)
         ref = _qdq_reference(w, scale, zp, axis=0)
-        np.testing.assert_array_equal(quant.fake_quant_symmetric(w, scale, 0, bits), ref)
+        np.testing.assert_array_equal(numerics.fake_quant_symmetric(w, scale, 0, bits), ref)
 
 
 def test_int4_packing_round_trips_through_onnx():
@@ -53,9 +53,9 @@ def test_int4_packing_round_trips_through_onnx():
 
 def test_weight_scales_beat_max_scaling_at_4_bits():
     w = np.random.default_rng(2).standard_t(3, size=(16, 64)).astype(np.float32)
-    mse = quant.fake_quant_symmetric(w, quant.weight_scales(w, 0, 4), 0, 4)
+    mse = numerics.fake_quant_symmetric(w, numerics.weight_scales(w, 0, 4), 0, 4)
     plain_scale = (np.abs(w).max(axis=1) / 7).astype(np.float32)
-    plain = quant.fake_quant_symmetric(w, plain_scale, 0, 4)
+    plain = numerics.fake_quant_symmetric(w, plain_scale, 0, 4)
     assert ((w - mse) ** 2).sum() < 0.9 * ((w - plain) ** 2).sum()
 
 
@@ -64,13 +64,13 @@ def test_mse_range_beats_min_max_with_outliers():
     x[:20] = 60.0  # a few outliers stretch min/max
     hist, edges = np.histogram(x, bins=2048, range=(x.min(), x.max()))
     for bits, factor in ((4, 0.5), (8, 1.0)):
-        lo, hi = quant.mse_range(hist, edges, bits)
+        lo, hi = numerics.mse_range(hist, edges, bits)
         assert x.min() <= lo <= 0 <= hi < x.max()
-        err = lambda r, b=bits: ((quant.fake_quant_asymmetric(x, *quant.activation_params(*r, b), b) - x) ** 2).mean()  # noqa: E731
+        err = lambda r, b=bits: ((numerics.fake_quant_asymmetric(x, *numerics.activation_params(*r, b), b) - x) ** 2).mean()  # noqa: E731
         assert err((lo, hi)) < factor * err((x.min(), x.max()))
 
 
 def test_sqnr_is_infinite_for_exact_and_20db_for_a_tenth():
     ref = [np.ones(100, np.float32)]
-    assert quant.sqnr_db(ref, ref) >= 199
-    assert abs(quant.sqnr_db(ref, [np.full(100, 1.1, np.float32)]) - 20.0) < 1e-4
+    assert numerics.sqnr_db(ref, ref) >= 199
+    assert abs(numerics.sqnr_db(ref, [np.full(100, 1.1, np.float32)]) - 20.0) < 1e-4

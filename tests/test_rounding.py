@@ -7,7 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
-from onnxmp.loader import prepare_model
+from onnxmp.model.loader import prepare_model
 
 
 def _config(tmp_path, **kw):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from onnxmp.candidates import Candidate, parse_candidates
 from onnxmp.errors import BudgetTooLowError
-from onnxmp.search import choose_for_budget, group_ladder, pareto_curve, pick_for_budget
+from onnxmp.quant.candidates import Candidate, parse_candidates
+from onnxmp.search.pareto import choose_for_budget, group_ladder, pareto_curve, pick_for_budget
 
 W4A8, W8A8, W8A16 = Candidate(4, 8), Candidate(8, 8), Candidate(8, 16)
 CANDS = parse_candidates("W4A8,W8A8,W8A16")

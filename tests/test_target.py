@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxmp.errors import ConfigError
-from onnxmp.target import TargetDrop, binary_search, interpolation_search
+from onnxmp.search.accuracy_target import TargetDrop, binary_search, interpolation_search
 
 
 def _curves(seed: int, count: int = 40):

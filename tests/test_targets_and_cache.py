@@ -11,7 +11,7 @@ import pytest
 from onnxmp import OptimizeConfig, optimize
 from onnxmp.cli import main
 from onnxmp.errors import EvaluatorError
-from onnxmp.evaluate import Evaluator
+from onnxmp.search.evaluate import Evaluator
 
 
 def _config(tmp_path, **kw):

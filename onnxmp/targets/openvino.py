@@ -17,10 +17,11 @@ import os
 import numpy as np
 import onnx
 
-from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
-from onnxmp.session import with_outputs
-from onnxmp.targets import TargetProfile, runtime_missing, sqnr_of_runs
+from onnxmp.runtime.data import CalibrationSet
+from onnxmp.runtime.session import with_outputs
+from onnxmp.targets.checks import runtime_missing, sqnr_of_runs
+from onnxmp.targets.profile import TargetProfile
 
 WEIGHTED_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"}
 INTEGER = {"u8", "i8", "u4", "i4"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxmp.targets import TargetProfile
+from onnxmp.targets.profile import TargetProfile
 
 PROFILE = TargetProfile(
     name="ort",

@@ -33,11 +33,12 @@ import re
 import numpy as np
 import onnx
 
-from onnxmp.data import CalibrationSet
 from onnxmp.errors import ModelError
-from onnxmp.fusions import fuse_erf_gelu
-from onnxmp.session import with_outputs
-from onnxmp.targets import TargetProfile, captured_stderr, runtime_missing, single_samples, sqnr_of_runs
+from onnxmp.model.fusions import fuse_erf_gelu
+from onnxmp.runtime.data import CalibrationSet
+from onnxmp.runtime.session import with_outputs
+from onnxmp.targets.checks import captured_stderr, runtime_missing, single_samples, sqnr_of_runs
+from onnxmp.targets.profile import TargetProfile
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,66 @@
+"""Atomic output: a failed or interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+
+import onnx
+
+from onnxmp.errors import OutputError
+from onnxmp.model.large import is_large, save_with_external_data
+
+
+def check_writable(path: str, source: str | None = None) -> None:
+    """Fail early (before hours of work) if ``path`` cannot be written or would overwrite the input."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if source and os.path.abspath(path) == os.path.abspath(source):
+        raise OutputError(f"{path}: the output would overwrite the input model; choose another path")
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise OutputError(f"{path}: not writable; check the permissions or choose another path")
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path``, renamed onto it only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".onnxmp-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path: str, writer: Callable[[str], None]) -> None:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` only when it completes."""
+    with _atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def save_model(model: onnx.ModelProto, path: str) -> None:
+    """Write the model atomically; one over 1 GB of weights goes with them in ``<path>.data``."""
+    if not is_large(model):
+        write_atomic(path, lambda tmp: onnx.save(model, tmp))
+        return
+    data = path + ".data"
+    with _atomic_path(path) as tmp_model, _atomic_path(data) as tmp_data:  # the data file lands first
+        save_with_external_data(model, tmp_model, tmp_data, os.path.basename(data))
+
+
+def save_json(record: dict, path: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+
+    write_atomic(path, write)

@@ -1,0 +1,76 @@
+"""Read-only views of an ONNX graph used by several stages: tensor types, producers, readers.
+
+onnxmp edits graphs as onnx protos, not through onnx-graphsurgeon: its import/export round trip
+copies every weight (one edit of a model with a 256 MB weight raised the peak by 513 MB, where
+``large.light_copy`` adds 23 MB: ``benchmarks/graph_ir.py``), which the >1 GiB path cannot pay,
+and the edits onnxmp makes are few and local."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+# ops whose constant operand is a weight (quantized per channel)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphIndex:
+    """Lookups over one graph, built once: which node makes and which nodes read each tensor,
+    each tensor's element type, and the initializers. Subgraph reads count as reads."""
+
+    producers: dict[str, onnx.NodeProto]
+    readers: dict[str, list[onnx.NodeProto]]
+    elem_types: dict[str, int]
+    initializers: dict[str, onnx.TensorProto]
+    graph_inputs: tuple[str, ...]
+    graph_outputs: tuple[str, ...]
+
+    @classmethod
+    def build(cls, graph: onnx.GraphProto) -> GraphIndex:
+        producers: dict[str, onnx.NodeProto] = {}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.output:
+                if name:
+                    producers[name] = node
+            for name in set(node.input) | subgraph_reads(node):
+                if name:
+                    readers.setdefault(name, []).append(node)
+        elem_types = {}
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if info.type.HasField("tensor_type"):
+                elem_types[info.name] = info.type.tensor_type.elem_type
+        initializers = {t.name: t for t in graph.initializer}
+        elem_types.update({name: t.data_type for name, t in initializers.items()})
+        inputs = tuple(i.name for i in graph.input if i.name not in initializers)
+        return cls(producers, readers, elem_types, initializers, inputs, tuple(o.name for o in graph.output))
+
+    def is_float(self, name: str) -> bool:
+        return self.elem_types.get(name) == onnx.TensorProto.FLOAT
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in graphs:
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            local |= {o for n in sub.node for o in n.output}
+            for inner in sub.node:
+                names |= {n for n in set(inner.input) | subgraph_reads(inner) if n and n not in local}
+    return names
+
+
+def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name of a graph and its subgraphs (inputs, outputs, initializers, node
+    outputs, value infos): a new name must avoid all of them to keep the model in SSA form."""
+    names = {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
+    names |= {t.name for t in graph.initializer} | {o for node in graph.node for o in node.output}
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= all_tensor_names(sub)
+    return names

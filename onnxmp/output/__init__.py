@@ -1,0 +1,1 @@
+"""Stage 8, what ships: the QDQ export and the report."""

@@ -1,0 +1,279 @@
+"""Stage 2: find the quantizers and the quantizer groups, from the graph topology alone.
+
+A quantizer sits on a tensor: an activation quantizer (per-tensor, asymmetric, unsigned) on a
+float tensor that a quantized op reads or writes, a weight quantizer (per-channel, symmetric,
+signed) on the constant weight of a Conv / ConvTranspose / Gemm / MatMul. A group is a set of
+quantizers that must take one bit-width together; groups are the connected components of:
+an op's weight with its input activation; every input and output of a Concat and of the
+data-movement ops that pass values through unchanged (one scale and type in hardware). All ops
+reading one tensor share its single quantizer, so their groups merge through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxmp.errors import NothingToQuantizeError
+from onnxmp.model.graph import WEIGHTED_OPS, GraphIndex, subgraph_reads
+
+logger = logging.getLogger(__name__)
+
+# Ops whose float inputs and outputs an integer accelerator (and onnxruntime's QDQ quantizer)
+# runs quantized.
+QUANTIZED_OPS = frozenset({
+    *WEIGHTED_OPS, "Add", "Sub", "Mul", "Div", "Concat", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Softmax", "Resize", "Pad", "Split", "Slice", "Gather", "Transpose", "Reshape",
+    "Flatten", "Squeeze", "Unsqueeze", "LayerNormalization", "InstanceNormalization", "ReduceMean",
+    "Where", "Tanh", "Gelu", "Erf", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+})
+# Ops that move values unchanged: their inputs and outputs share one quantizer group.
+SHARED_IO_OPS = frozenset({
+    "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
+    "GlobalMaxPool", "Split", "Slice", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+})
+# The inputs that carry activations, for quantized ops whose other inputs are parameters (sizes,
+# scales, bounds, pads, a runtime bias): those stay float, as in onnxruntime's QDQ quantizer. Ops
+# not listed take all their inputs as activations.
+ACTIVATION_INPUTS = {
+    "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "Clip": (0,), "Resize": (0,), "Pad": (0,),
+    "Split": (0,), "Slice": (0,), "Gather": (0,), "Reshape": (0,), "Expand": (0,), "Tile": (0,),
+    "Squeeze": (0,), "Unsqueeze": (0,), "Where": (1, 2), "LayerNormalization": (0,),
+    "InstanceNormalization": (0,), "ReduceMean": (0,), "ReduceSum": (0,),
+}
+# Activation functions a weighted op's output fuses into: no quantizer in between.
+FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedOp:
+    """A Conv / ConvTranspose / Gemm / MatMul whose weight is a constant."""
+
+    node: str
+    op_type: str
+    weight: str
+    axis: int  # per-channel axis of the weight (the output-channel axis)
+    bias: str | None
+    activation: str  # the activation input it multiplies with the weight
+    output: str
+    macs_tensor: str  # MACs = elements of this tensor x reduction
+    reduction: int
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerGroup:
+    """Quantizers that take one candidate together; hashable, so it can key caches."""
+
+    gid: int
+    activations: tuple[str, ...]
+    weights: tuple[str, ...]
+    nodes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name: its first node (or tensor) and how many more."""
+        names = self.nodes or self.activations
+        return names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """Something left in float, with the reason why."""
+
+    name: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPlan:
+    """Every quantizer of a model and how they group."""
+
+    activations: tuple[str, ...]
+    weighted_ops: tuple[WeightedOp, ...]
+    groups: tuple[QuantizerGroup, ...]
+    skips: tuple[Skip, ...]
+
+    def group_of_activation(self) -> dict[str, int]:
+        return {name: g.gid for g in self.groups for name in g.activations}
+
+    def group_of_weight(self) -> dict[str, int]:
+        return {name: g.gid for g in self.groups for name in g.weights}
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _try_weighted_op(node: onnx.NodeProto, index: GraphIndex) -> WeightedOp | str:
+    """Describe ``node`` as a weighted op, or return the reason it is not one."""
+    if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+        return "not a weighted op"
+    act, weight = node.input[0], node.input[1]
+    if weight not in index.initializers or act in index.initializers:
+        return "weight is not a constant (or the activation is)"
+    if not (index.is_float(weight) and index.is_float(act)):
+        return "not float32"
+    shape = tuple(index.initializers[weight].dims)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and bias not in index.initializers:
+        bias = None
+    if node.op_type == "Conv":
+        axis, reduction = 0, int(np.prod(shape[1:]))
+    elif node.op_type == "ConvTranspose":
+        axis, reduction = 1, int(np.prod(shape[1:]))  # per input element
+    elif node.op_type == "Gemm":
+        trans_b = _attr(node, "transB", 0)
+        axis, reduction = (0, shape[1]) if trans_b else (1, shape[0])
+    else:  # MatMul: B is [..., K, N]; per-channel along N
+        if len(shape) < 2:
+            return "MatMul with a 1-D weight"
+        axis, reduction = len(shape) - 1, shape[-2]
+        bias = None
+    if bias is not None and tuple(index.initializers[bias].dims) != (shape[axis],):
+        bias = None  # a broadcast bias that is not one value per output channel stays float
+    macs_tensor = act if node.op_type == "ConvTranspose" else node.output[0]
+    return WeightedOp(node.name, node.op_type, weight, axis, bias, act, node.output[0], macs_tensor, reduction)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def add(self, key: str) -> None:
+        self.parent.setdefault(key, key)
+
+    def find(self, key: str) -> str:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _is_fused_output(tensor: str, index: GraphIndex) -> bool:
+    """True when a weighted op's output feeds only an activation function it fuses with."""
+    readers = index.readers.get(tensor, [])
+    return (bool(readers) and tensor not in index.graph_outputs
+            and all(r.op_type in FUSABLE_ACTIVATIONS for r in readers))
+
+
+def constant_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
+    """Tensors computed from initializers alone (a reshaped bias, a scaled constant): constants
+    the runtime folds, not activations to quantize (OpenVINO's low-precision passes fail on an
+    Add of two dequantized inputs when one of them is such a constant)."""
+    constant = set(index.initializers)
+    for node in graph.node:
+        reads = [n for n in [*node.input, *subgraph_reads(node)] if n]
+        if reads and all(n in constant for n in reads):
+            constant.update(o for o in node.output if o)
+    return constant - set(index.initializers)
+
+
+def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str],
+                           quantized_ops: frozenset[str]) -> tuple[list[str], list[Skip]]:
+    """Float tensors read or written by quantized ops, in graph order, and those skipped."""
+    chosen: dict[str, None] = {}
+    skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
+    constant = constant_tensors(graph, index)
+    fused = {node.output[0] for node in graph.node
+             if isinstance(_try_weighted_op(node, index), WeightedOp) and _is_fused_output(node.output[0], index)}
+    for name in sorted(fused):
+        skips.append(Skip(name, f"output of {index.producers[name].name} fused into the following activation"))
+    for node in graph.node:
+        if node.op_type not in quantized_ops:
+            continue
+        weighted = _try_weighted_op(node, index)
+        weight, bias = (weighted.weight, weighted.bias) if isinstance(weighted, WeightedOp) else (None, None)
+        for position, name in enumerate(node.input):
+            if not name or name in (weight, bias) or name in fused or name in keep_float or not index.is_float(name):
+                continue
+            if position not in ACTIVATION_INPUTS.get(node.op_type, (position,)):
+                skips.append(Skip(name, f"parameter input {position} of {node.name} ({node.op_type}) kept float"))
+                continue
+            if name in index.initializers or name in constant:
+                skips.append(Skip(name, f"constant operand of {node.name} ({node.op_type}) kept float"))
+                continue
+            chosen[name] = None
+        for name in node.output:
+            if name and name not in fused and name not in keep_float and name not in constant and index.is_float(name):
+                chosen[name] = None
+    return list(chosen), skips
+
+
+def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
+                    quantized_ops: frozenset[str] = QUANTIZED_OPS) -> QuantPlan:
+    """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
+    ``keep_float`` maps tensors that must stay float to the reason why; ``quantized_ops``: the
+    op types whose float inputs and outputs are quantized (a target may need more)."""
+    graph = model.graph
+    index = GraphIndex.build(graph)
+    activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
+    quantized = set(activations)
+    weighted: list[WeightedOp] = []
+    for node in graph.node:
+        result = _try_weighted_op(node, index)
+        if isinstance(result, WeightedOp):
+            weighted.append(result)
+        elif node.op_type in WEIGHTED_OPS:
+            skips.append(Skip(node.name, f"{node.op_type} weight not quantized: {result}"))
+    seen_weights: set[str] = set()
+    unique_weighted = []
+    for op in weighted:
+        if op.weight in seen_weights and any(o.weight == op.weight and o.axis != op.axis for o in unique_weighted):
+            skips.append(Skip(op.node, "weight shared with a layer that needs another axis; kept float"))
+            continue
+        seen_weights.add(op.weight)
+        unique_weighted.append(op)
+    if not unique_weighted and not activations:
+        raise NothingToQuantizeError(
+            "the model has no op onnxmp can quantize (Conv, ConvTranspose, Gemm, MatMul with a "
+            "constant weight, or the activation ops around them)"
+        )
+    groups = _connected_groups(graph, unique_weighted, activations, quantized)
+    for skip in skips:
+        logger.debug("skip %s: %s", skip.name, skip.reason)
+    return QuantPlan(tuple(activations), tuple(unique_weighted), groups, tuple(skips))
+
+
+def _connected_groups(graph: onnx.GraphProto, weighted: list[WeightedOp], activations: list[str],
+                      quantized: set[str]) -> tuple[QuantizerGroup, ...]:
+    """Union the quantizers by the grouping rules; one group per connected component."""
+    uf = _UnionFind()
+    for name in activations:
+        uf.add("a:" + name)
+    for op in weighted:
+        uf.add("w:" + op.weight)
+        if op.activation in quantized:
+            uf.union("w:" + op.weight, "a:" + op.activation)
+    for node in graph.node:
+        if node.op_type in SHARED_IO_OPS:
+            members = ["a:" + n for n in [*node.input, *node.output] if n in quantized]
+            for other in members[1:]:
+                uf.union(members[0], other)
+    nodes_of_root: dict[str, list[str]] = {}
+    for op in weighted:
+        nodes_of_root.setdefault(uf.find("w:" + op.weight), []).append(op.node)
+    members_of_root: dict[str, list[str]] = {}
+    for key in uf.parent:
+        members_of_root.setdefault(uf.find(key), []).append(key)
+    groups = []
+    for gid, (root, keys) in enumerate(members_of_root.items()):
+        acts = tuple(k[2:] for k in keys if k.startswith("a:"))
+        weights = tuple(k[2:] for k in keys if k.startswith("w:"))
+        groups.append(QuantizerGroup(gid, acts, weights, tuple(nodes_of_root.get(root, []))))
+    return tuple(groups)
+
+
+def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:
+    """The float32 value of an initializer (read-only when it shares the tensor's bytes: no
+    second copy of a big weight)."""
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    return numpy_helper.to_array(tensor).astype(np.float32, copy=False)

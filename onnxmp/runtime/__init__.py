@@ -1,0 +1,1 @@
+"""Running things: onnxruntime sessions, calibration data, worker processes and Ray, the results cache."""

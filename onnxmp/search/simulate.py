@@ -1,0 +1,219 @@
+"""One onnxruntime session that simulates any bit-width assignment, switched by feeds.
+
+The simulation model is the prepared float model with (a) each activation quantizer replaced by
+standard ops Clip → QuantizeLinear → DequantizeLinear whose scale, zero point and clip bounds are
+graph inputs, and (b) each quantized weight and bias turned into a graph input fed with its
+dequantized value. Any assignment of candidates to groups is then a set of feeds: no model is
+rebuilt and no session created per configuration.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxmp.errors import ModelError
+from onnxmp.model.large import light_copy
+from onnxmp.quant import numerics
+from onnxmp.quant.candidates import Assignment, Candidate
+from onnxmp.quant.groups import QuantPlan
+from onnxmp.quant.params import QuantParams
+from onnxmp.runtime.data import CalibrationSet
+from onnxmp.runtime.session import make_session, observed_tensors, run_over
+from onnxmp.search.partial import DEFAULT_MAX_MEMORY, CutCache
+
+logger = logging.getLogger(__name__)
+
+_SUFFIXES = ("scale", "zp", "lo", "hi")
+WEIGHT_CACHE_BYTES = 1 << 30
+_PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
+
+
+def _param_name(tensor: str, what: str) -> str:
+    return f"{tensor}::{what}"
+
+
+def _fake_quant_nodes(src: str, dst: str) -> list[onnx.NodeProto]:
+    """src → dst through Clip → QuantizeLinear → DequantizeLinear reading ``dst::scale`` etc.
+
+    Every quantizer is uint16 so that one graph serves every bit-width; the Clip to the grid's
+    float bounds, ``(qmin - zp)·scale`` and ``(qmax - zp)·scale``, does what the narrower type's
+    saturation would (clipping before rounding equals clipping after, as the bounds lie on the
+    grid). onnxruntime's own quantize kernel rounds exactly as the exported model's does.
+    """
+    p = {s: _param_name(dst, s) for s in _SUFFIXES}
+    clipped, quantized = f"{dst}::clip", f"{dst}::q"
+    return [
+        helper.make_node("Clip", [src, p["lo"], p["hi"]], [clipped], name=f"{dst}::fq_clip"),
+        helper.make_node("QuantizeLinear", [clipped, p["scale"], p["zp"]], [quantized], name=f"{dst}::fq_q"),
+        helper.make_node("DequantizeLinear", [quantized, p["scale"], p["zp"]], [dst], name=f"{dst}::fq_dq"),
+    ]
+
+
+def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Functional: a new model simulating quantization with feeds for every parameter."""
+    fed = {op.weight for op in plan.weighted_ops} | {op.bias for op in plan.weighted_ops if op.bias}
+    sim = light_copy(model, keep={t.name for t in model.graph.initializer} - fed)  # fed weights: no bytes copied
+    graph = sim.graph
+    for tensor in [t for t in graph.initializer if t.name in fed]:
+        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        graph.initializer.remove(tensor)
+    graph_inputs = {i.name for i in graph.input}
+    renamed: dict[str, str] = {}  # graph-input activations: readers switch to the quantized copy
+    chains: dict[str, list[onnx.NodeProto]] = {}
+    for name in plan.activations:
+        target = name + "::fq" if name in graph_inputs else name  # the tensor the chain writes
+        for suffix in _SUFFIXES:
+            graph.input.append(helper.make_tensor_value_info(_param_name(target, suffix),
+                                                              _PARAM_TYPES.get(suffix, onnx.TensorProto.FLOAT), []))
+        if name in graph_inputs:
+            renamed[name] = name + "::fq"
+            chains.setdefault("", []).extend(_fake_quant_nodes(name, name + "::fq"))
+        else:
+            chains[name] = _fake_quant_nodes(name + "::float", name)
+    nodes = list(chains.get("", []))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+        produced = [o for o in node.output if o in chains]
+        for i, name in enumerate(node.output):
+            if name in chains:
+                node.output[i] = name + "::float"
+        nodes.append(node)
+        for name in produced:
+            nodes.extend(chains[name])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return sim
+
+
+class Simulator:
+    """Evaluates assignments on the calibration set in one reused session."""
+
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
+                 data: CalibrationSet, reference: list[np.ndarray]) -> None:
+        """``reference``: the float model's values of ``observed_tensors(model)`` on ``data``."""
+        self.model = model
+        self.plan = plan
+        self.params = params
+        self.data = data
+        self.reference = reference
+        self._graph_inputs = set(data.arrays)
+        self.observed = observed_tensors(model)
+        self._model = build_simulation_model(model, plan)
+        self._session = make_session(self._model, outputs=self.observed, keep_float_weights=True)
+        self._partial: CutCache | None = None
+        self._act_group = plan.group_of_activation()
+        self._weight_group = plan.group_of_weight()
+        self._cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+        self._weight_bytes = 0
+        self.evaluations = 0
+
+    def ingredients(self) -> tuple:
+        """What another process needs to build the same simulator: ``Simulator(*ingredients)``."""
+        return self.model, self.plan, self.params, self.data, self.reference
+
+    def _cached(self, key: tuple, make) -> np.ndarray:
+        """Feeds by key; dequantized weights are evicted oldest first beyond WEIGHT_CACHE_BYTES
+        (remade on demand: cheap next to a model run, and a large model's weights would not fit
+        twice more)."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = self._cache[key] = make()
+        if key[0] == "w":
+            self._weight_bytes += value.nbytes
+            for old in [k for k in self._cache if k[0] == "w" and k != key]:
+                if self._weight_bytes <= WEIGHT_CACHE_BYTES:
+                    break
+                self._weight_bytes -= self._cache.pop(old).nbytes
+        return value
+
+    def activation_feeds(self, name: str, bits: int, method: str | None = None) -> dict[str, np.ndarray]:
+        """The feeds that quantize activation ``name`` at ``bits`` (range by ``method``)."""
+        target = name + "::fq" if name in self._graph_inputs else name
+        scale, zp = self.params.activation(name, bits, method)
+        qmin, qmax = numerics.unsigned_range(bits)
+        lo, hi = (np.float32(qmin - zp) * scale, np.float32(qmax - zp) * scale)
+        values = {"scale": np.array(scale, np.float32), "zp": np.array(zp, np.uint16),
+                  "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}
+        return {_param_name(target, s): v for s, v in values.items()}
+
+    def feeds_for(self, assignment: Assignment) -> dict[str, np.ndarray]:
+        """Every parameter feed of the simulation model for one assignment."""
+        feeds: dict[str, np.ndarray] = {}
+        for name in self.plan.activations:
+            bits = assignment[self._act_group[name]].a_bits
+            method = self.params.range_method.get((name, bits))
+            feeds.update(self._cached(("a", name, bits, method), lambda n=name, b=bits: self.activation_feeds(n, b)))
+        for op in self.plan.weighted_ops:
+            cand = assignment[self._weight_group[op.weight]]
+            feeds[op.weight] = self._cached(("w", op.weight, cand.w_bits),
+                                            lambda o=op, c=cand: self.params.weight(o, c.w_bits).dequantized())
+            if op.bias:  # the int32 bias scale follows the input activation's scale, hence its range method
+                method = self.params.range_method.get((op.activation, cand.a_bits))
+                feeds[op.bias] = self._cached(("b", op.node, cand, method), lambda o=op, c=cand: self._bias_value(o, c))
+        return feeds
+
+    def _bias_value(self, op, cand: Candidate) -> np.ndarray:
+        bias = self.params.bias(op, cand.w_bits, cand.a_bits)
+        return bias.dequantized() if bias is not None else self.params.float_weight(op.bias)
+
+    def outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Model outputs over the calibration set; ``overrides`` replace some parameter feeds."""
+        self.evaluations += 1
+        feeds = self.feeds_for(assignment)
+        if overrides:
+            feeds = {**feeds, **overrides}
+        if self._partial is not None:
+            changed = self._partial.changed(feeds)
+            cut = self._partial.cut_before(self._partial.start_of_change(changed))
+            if cut is not None:
+                try:
+                    return self._partial.run(cut, feeds, changed)
+                except ModelError as exc:  # a graph onnxruntime cannot run from that cut: run it whole
+                    logger.debug("partial evaluation from node %d failed (%s); not using that cut", cut.position, exc)
+                    self._partial.discard(cut)
+        return run_over(self._session, self.data, self.observed, feeds)
+
+    def keep_baseline(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+        """Cache ``assignment``'s values at cut points, so that evaluations that differ from it
+        only late in the graph run only from there on (Phase 1: one group changed at a time)."""
+        feeds = self.feeds_for(assignment)
+        try:
+            self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
+                                     feed_groups=self.group_feeds())
+        except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
+            logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
+            self._partial = None
+
+    def group_feeds(self) -> list[frozenset[str]]:
+        """Per group, every parameter feed that its candidate sets: its activations' quantizer
+        parameters, its weights with their biases, and the biases of the ops reading its
+        activations (a bias's int32 scale follows its input's)."""
+        found = []
+        for group in self.plan.groups:
+            names = {_param_name(a + "::fq" if a in self._graph_inputs else a, s)
+                     for a in group.activations for s in _SUFFIXES}
+            for op in self.plan.weighted_ops:
+                if op.weight in group.weights:
+                    names.update(n for n in (op.weight, op.bias) if n)
+                elif op.bias and op.activation in group.activations:
+                    names.add(op.bias)
+            found.append(frozenset(names))
+        return found
+
+    def drop_baseline(self) -> None:
+        self._partial = None
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._partial.bytes if self._partial is not None else 0
+
+    def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
+        """Noise-to-signal ratio of the observed outputs against the float reference."""
+        return numerics.noise_ratio(self.reference, self.outputs(assignment, overrides))
