@@ -55,3 +55,17 @@ def test_light_copy_and_external_save_leave_the_model_unchanged(tmp_path, monkey
     assert model.SerializeToString() == before
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(make_session(path).run(None, {"x": x})[0], make_session(model).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "int64", "bool", "int4", "uint4"])
+def test_tensor_bytes_is_the_raw_data_length(dtype):
+    """The size from shape and type (no copy of the bytes) equals what the tensor holds."""
+    values = np.arange(-3, 4, dtype=np.int8)[np.arange(35) % 7].reshape(5, 7)
+    if dtype in ("int4", "uint4"):
+        elem = onnx.TensorProto.INT4 if dtype == "int4" else onnx.TensorProto.UINT4
+        tensor = onnx.helper.make_tensor("t", elem, values.shape, (values if dtype == "int4" else values + 3).ravel().tolist())
+        tensor = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), "t")  # stored as raw_data
+    else:
+        tensor = onnx.numpy_helper.from_array(values.astype(dtype), "t")
+    assert tensor.HasField("raw_data")
+    assert large.tensor_bytes(tensor) == len(tensor.raw_data)

@@ -10,6 +10,7 @@ The source proto is never modified (protobuf arenas do not give cleared bytes ba
 
 from __future__ import annotations
 
+import math
 import os
 
 import onnx
@@ -17,10 +18,23 @@ from google.protobuf.message import Message
 
 LARGE_BYTES = 1 << 30  # above this much initializer data, a model takes the large-model paths
 _BIG_TENSOR = 1 << 12  # initializers smaller than this are always copied (shape inference may read them)
+_PACKED_4BIT = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)}
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """About the bytes a tensor's data takes, without touching them: under protobuf's upb backend
+    ``ByteSize()`` serializes the message (two transient copies of a 256 MB weight) and reading
+    ``raw_data`` makes one; a raw tensor's size follows from its shape and type."""
+    if not tensor.HasField("raw_data") or tensor.data_type == onnx.TensorProto.STRING:
+        return tensor.ByteSize()  # typed fields: small tensors in practice
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def is_large(model: onnx.ModelProto) -> bool:
-    return is_large_size(sum(t.ByteSize() for t in model.graph.initializer))
+    return is_large_size(sum(tensor_bytes(t) for t in model.graph.initializer))
 
 
 def is_large_size(size: int) -> bool:
@@ -29,20 +43,25 @@ def is_large_size(size: int) -> bool:
 
 
 def _copy_fields(src: Message, dst: Message, skip: set[str]) -> None:
-    for field, value in src.ListFields():
+    """Every set field but ``skip``, never reading a skipped one (reading ``raw_data`` makes a
+    Python copy of the bytes: ``ListFields`` did, 2 x 256 MB of transient memory for one weight)."""
+    for field in src.DESCRIPTOR.fields:
         if field.name in skip:
             continue
         repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
         if repeated:
-            getattr(dst, field.name).extend(value)
+            if len(getattr(src, field.name)):
+                getattr(dst, field.name).extend(getattr(src, field.name))
+        elif not src.HasField(field.name):
+            continue
         elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
+            getattr(dst, field.name).CopyFrom(getattr(src, field.name))
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, field.name, getattr(src, field.name))
 
 
 def _is_big(tensor: onnx.TensorProto) -> bool:
-    return tensor.HasField("raw_data") and tensor.ByteSize() > _BIG_TENSOR
+    return tensor.HasField("raw_data") and tensor_bytes(tensor) > _BIG_TENSOR
 
 
 def light_copy(model: onnx.ModelProto, keep: set[str] | None = frozenset()) -> onnx.ModelProto:
