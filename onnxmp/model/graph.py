@@ -1,7 +1,7 @@
 """Read-only views of an ONNX graph used by several stages: tensor types, producers, readers.
 
 onnxmp edits graphs as onnx protos, not through onnx-graphsurgeon: its import/export round trip
-copies every weight (one edit of a model with a 256 MB weight raised the peak by 513 MB, where
+copies every weight (one edit of a model with a 256 MB weight raised the peak by 512 MB, where
 ``large.light_copy`` adds 23 MB: ``benchmarks/graph_ir.py``), which the >1 GiB path cannot pay,
 and the edits onnxmp makes are few and local."""
 
