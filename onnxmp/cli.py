@@ -58,9 +58,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                      help="round weights to nearest only")
     p.add_argument("--adaround-iters", type=int, default=1000, help="AdaRound steps per layer (default 1000)")
     p.add_argument("--target", choices=TARGETS, default="ort",
-                   help="deployment target: ort (default), qnn-htp (Qualcomm HTP, pip install 'onnxmp[qnn]') or "
-                        "openvino (pip install 'onnxmp[openvino]'); the search keeps to what it runs, and the "
-                        "output is checked on it")
+                   help="deployment target: ort (default: onnxruntime CPU, quantizers only where it computes in "
+                        "integer), qnn-htp (Qualcomm HTP, pip install 'onnxmp[qnn]'), openvino (pip install "
+                        "'onnxmp[openvino]') or generic (an accelerator that runs every op quantized); the search keeps "
+                        "to what it runs, and the output is checked on it")
     p.add_argument("--fix-dims", help="values for symbolic dimensions, e.g. batch=1,seq=128 (static-shape targets "
                                       "fix the rest from the calibration data)")
     p.add_argument("--workers", type=int, default=1,

@@ -259,8 +259,9 @@ def _output_problem(out_path: str, case: Case, feeds: list[dict[str, np.ndarray]
     return None
 
 
-def run_case(case: Case, folder: str) -> Outcome:
-    """Quantize one model with the CLI and classify what happened."""
+def run_case(case: Case, folder: str, target: str = "generic") -> Outcome:
+    """Quantize one model with the CLI and classify what happened (``generic``: quantizers around
+    every quantizable op, the placement that takes every op type through the pipeline)."""
     if not case.expect_quantized and not _onnxruntime_runs(case):
         return Outcome(case.name, "skipped")
     os.makedirs(folder, exist_ok=True)
@@ -273,7 +274,7 @@ def run_case(case: Case, folder: str) -> Outcome:
     try:
         with contextlib.redirect_stderr(stderr):
             code = main(["optimize", model_path, out_path, "-q", "--no-cache", "--calib", calib_path,
-                         "--no-adaround"])
+                         "--no-adaround", "--target", target])
     except BaseException as exc:  # an escaped exception is a failure, whatever it is
         return Outcome(case.name, "failed", f"raised {type(exc).__name__}: {exc}")
     err = stderr.getvalue().strip()
@@ -452,8 +453,8 @@ def built_cases() -> list[Case]:
 # --------------------------------------------------------------------------------- the tests
 
 
-def _run_all(cases: list[Case], folder: str) -> list[Outcome]:
-    return [run_case(case, os.path.join(folder, str(i))) for i, case in enumerate(cases)]
+def _run_all(cases: list[Case], folder: str, target: str = "generic") -> list[Outcome]:
+    return [run_case(case, os.path.join(folder, str(i)), target) for i, case in enumerate(cases)]
 
 
 def _summary(outcomes: list[Outcome]) -> str:
@@ -486,10 +487,12 @@ def test_backend_corpus(tmp_path_factory, capsys):
     assert quantized >= 100, f"{line}: too few models quantized; did the installed onnx stop shipping its test data?"
 
 
-def test_built_corpus(tmp_path_factory, capsys):
-    """Control flow, dynamic dims, shared weights, attention and opsets 13 to 21: all quantized."""
-    folder = str(tmp_path_factory.mktemp("built"))
-    outcomes = _run_all(built_cases(), folder)
-    line = _report(capsys, folder, "built", outcomes)
+@pytest.mark.parametrize("target", ["generic", "ort"])
+def test_built_corpus(tmp_path_factory, capsys, target):
+    """Control flow, dynamic dims, shared weights, attention and opsets 13 to 21: all quantized,
+    around every op (generic) and where onnxruntime computes in integer (ort)."""
+    folder = str(tmp_path_factory.mktemp(f"built-{target}"))
+    outcomes = _run_all(built_cases(), folder, target)
+    line = _report(capsys, folder, f"built ({target})", outcomes)
     not_quantized = "\n".join(f"  {o.name}: {o.status} {o.detail}" for o in outcomes if o.status != "quantized")
     assert not not_quantized, f"{line}\n{not_quantized}"

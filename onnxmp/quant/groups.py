@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from onnxmp.errors import NothingToQuantizeError
 from onnxmp.model.graph import WEIGHTED_OPS, GraphIndex, subgraph_reads
+from onnxmp.model.patterns import find_units
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ ACTIVATION_INPUTS = {
 }
 # Activation functions a weighted op's output fuses into: no quantizer in between.
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
+
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerPlacement:
+    """Activation quantizers only where the target's runtime computes in integer, or where a
+    quantized tensor travels between such ops (what each runtime fuses is measured: see
+    ``targets/ort.py``); everything else, recognised units included, stays float."""
+
+    kernels: frozenset[str]  # weighted op types with an integer kernel: their activation input is quantized
+    quantized_output: frozenset[str]  # of those, the ones whose kernel needs a quantized output
+    int8_ops: frozenset[str]  # ops the runtime runs on quantized inputs giving a quantized output
+    float_units: bool = True  # keep recognised decompositions (LayerNorm, GELU, ...) float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,14 +222,61 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float
     return list(chosen), skips
 
 
+def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: Mapping[str, str],
+                         placement: IntegerPlacement) -> tuple[list[str], list[Skip]]:
+    """The tensors an integer kernel reads or must write, and those that stay quantized through
+    ops the runtime runs in integer, in graph order; the skips say why the rest stay float."""
+    graph = model.graph
+    constant = constant_tensors(graph, index)
+    units = find_units(model, constant) if placement.float_units else []
+    in_unit = {name: unit for unit in units for name in unit.nodes}
+    skips = [Skip(name, reason) for name, reason in keep_float.items()]
+    skips += [Skip(t, f"inside a {u.kind} ({u.nodes[0]} .. {u.nodes[-1]}): kept float between integer kernels")
+              for u in units for t in u.tensors if t != u.exit]
+    chosen: dict[str, None] = {}
+
+    def quantize(name: str) -> None:
+        if name and name not in keep_float and name not in constant and name not in index.initializers \
+                and index.is_float(name):
+            chosen[name] = None
+
+    for node in graph.node:
+        weighted = _try_weighted_op(node, index)
+        if isinstance(weighted, WeightedOp) and node.op_type in placement.kernels:
+            quantize(weighted.activation)
+            if node.op_type in placement.quantized_output:
+                fused = _is_fused_output(weighted.output, index)
+                for out in ([r.output[0] for r in index.readers[weighted.output]] if fused else [weighted.output]):
+                    quantize(out)
+            continue
+        if node.op_type not in placement.int8_ops or node.name in in_unit:
+            continue
+        positions = ACTIVATION_INPUTS.get(node.op_type, tuple(range(len(node.input))))
+        acts = [n for i, n in enumerate(node.input) if i in positions and n and n not in constant
+                and n not in index.initializers and index.is_float(n)]
+        if acts and all(a in chosen for a in acts):
+            for out in node.output:
+                quantize(out)
+    kept = {s.name for s in skips}
+    for name in index.elem_types:
+        if name not in chosen and name not in kept and name in index.producers and index.is_float(name) \
+                and name not in constant:
+            skips.append(Skip(name, "no integer kernel reads or writes it on this target: kept float"))
+    return list(chosen), skips
+
+
 def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
-                    quantized_ops: frozenset[str] = QUANTIZED_OPS) -> QuantPlan:
+                    quantized_ops: frozenset[str] = QUANTIZED_OPS, integer: IntegerPlacement | None = None) -> QuantPlan:
     """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
     ``keep_float`` maps tensors that must stay float to the reason why; ``quantized_ops``: the
-    op types whose float inputs and outputs are quantized (a target may need more)."""
+    op types whose float inputs and outputs are quantized (a target may need more); ``integer``:
+    instead, quantize only where the target computes in integer."""
     graph = model.graph
     index = GraphIndex.build(graph)
-    activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
+    if integer is None:
+        activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
+    else:
+        activations, skips = _integer_activations(model, index, keep_float or {}, integer)
     quantized = set(activations)
     weighted: list[WeightedOp] = []
     for node in graph.node:

@@ -19,7 +19,8 @@ from onnxmp.targets.profile import TargetProfile
 
 __all__ = ["TARGETS", "TargetProfile", "get_target"]
 
-_MODULES = {"ort": "onnxmp.targets.ort", "qnn-htp": "onnxmp.targets.qnn_htp", "openvino": "onnxmp.targets.openvino"}
+_MODULES = {"ort": "onnxmp.targets.ort", "qnn-htp": "onnxmp.targets.qnn_htp", "openvino": "onnxmp.targets.openvino",
+            "generic": "onnxmp.targets.generic"}
 TARGETS = tuple(_MODULES)
 
 

@@ -1,8 +1,41 @@
-"""onnxruntime's CPU execution provider: every candidate, symbolic shapes allowed (the default)."""
+"""onnxruntime's CPU execution provider: every candidate, symbolic shapes allowed (the default).
+
+Placement follows what onnxruntime (1.32, CPU, default optimizations) turns into integer kernels,
+read off the graphs it optimizes QDQ models into (``SessionOptions.optimized_model_filepath``;
+``benchmarks/ort_kernels.py`` prints the table):
+
+- Conv with an 8-bit activation input and per-channel or per-tensor INT8 weight becomes
+  QLinearConv only when its output is quantized too (after a fused Relu); with a float output it
+  stays a float Conv behind DequantizeLinear. Gemm becomes QGemm under the same condition.
+  MatMul with a constant INT8 weight becomes MatMulIntegerToFloat with a float output, or
+  QLinearMatMul with a quantized one.
+- Between such kernels, Add, Mul, Concat, AveragePool, GlobalAveragePool, Sigmoid, LeakyRelu and
+  Softmax run as QLinear* kernels, and MaxPool, Resize, Transpose, Reshape, Split and the other
+  data-movement ops run on the 8-bit values; Tanh, HardSigmoid, HardSwish and a standalone Relu
+  run in float behind a DequantizeLinear.
+- 16-bit activations, 4-bit weights and ConvTranspose get no integer kernel: they compute in
+  float, behind their DequantizeLinear.
+
+So activation quantizers go on the activation inputs of Conv / MatMul / Gemm, on the outputs
+Conv and Gemm need quantized, and through the ops above while every input is quantized; every
+other tensor, and the inside of a LayerNorm, GELU, Softmax, SiLU or L2-norm decomposition,
+stays float (a QuantizeLinear/DequantizeLinear pair no kernel absorbs is pure overhead here).
+"""
 
 from __future__ import annotations
 
+from onnxmp.quant.groups import IntegerPlacement
 from onnxmp.targets.profile import TargetProfile
+
+PLACEMENT = IntegerPlacement(
+    kernels=frozenset({"Conv", "MatMul", "Gemm"}),
+    quantized_output=frozenset({"Conv", "Gemm"}),
+    int8_ops=frozenset({
+        "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu", "Softmax",
+        "MaxPool", "GlobalMaxPool", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+        "Split", "Slice", "Gather", "DepthToSpace", "SpaceToDepth",
+    }),
+)
 
 PROFILE = TargetProfile(
     name="ort",
@@ -13,4 +46,5 @@ PROFILE = TargetProfile(
     # onnxruntime (1.32) moves DequantizeLinear past MaxPool, whose kernel has no 4-bit types:
     # the session fails to load ("Type 'tensor(uint4)' of input parameter ... of operator (MaxPool)")
     activation_readers_refused={4: frozenset({"MaxPool"})},
+    placement=PLACEMENT,
 )

@@ -9,7 +9,7 @@ import onnx
 
 from onnxmp.errors import ConfigError
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, Candidate
-from onnxmp.quant.groups import QuantPlan
+from onnxmp.quant.groups import IntegerPlacement, QuantPlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,9 @@ class TargetProfile:
     # a quantized tensor, stored quantized behind a DequantizeLinear
     dequantize_constant_operands: bool = False
     extra_quantized_ops: frozenset[str] = frozenset()  # quantized besides groups.QUANTIZED_OPS
+    # where activation quantizers go: None, around every op of QUANTIZED_OPS (an accelerator that runs
+    # the whole graph in integer); else only where the runtime computes in integer
+    placement: IntegerPlacement | None = None
     range_margin: float = 0.0  # activation ranges widened by this fraction of their width at non-zero ends
     rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)

@@ -1,0 +1,162 @@
+"""What ships, where it ships: latency, task score and SQNR of the written files on onnxruntime CPU.
+
+    python benchmarks/deploy_table.py [--models digits ppocr_cls ...] [--budgets 0.35,0.5] [--samples N]
+                                      [--runs 30] [--threads 1,2]
+
+Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate);
+onnxmp at each budget with its default candidates; onnxruntime's ``quantize_static`` W8A8 (QDQ,
+per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample (the first calibration
+sample, batch axis kept), default session options but the thread count, every variant's session
+made first, then ``--runs`` rounds that time one run of each variant in turn (interleaved, so a
+noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in the graph
+onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR: every
+model output against the float model's, over the calibration samples; task score: the model's
+labelled evaluator. All rows come from one run at one commit.
+
+Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import bench_models, git_state, publish_merged  # noqa: E402
+from zoo_table import _quantize_peer, _subset_calib  # noqa: E402
+
+from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
+from onnxmp.quant import numerics  # noqa: E402
+from onnxmp.runtime.data import read_npz  # noqa: E402
+
+INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
+                   "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
+FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
+HEADER = ["model", "variant", "task score", "SQNR dB", "ms (1 thread)", "× float", "ms (2 threads)", "× float ",
+          "kernels (integer / float)", "activation quantizers", "KiB"]
+
+
+def session(path: str, threads: int, optimized_path: str | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def kernels(path: str) -> str:
+    """Integer and float compute kernels of the graph onnxruntime runs (default optimizations)."""
+    with tempfile.TemporaryDirectory() as folder:
+        optimized = os.path.join(folder, "optimized.onnx")
+        session(path, 1, optimized)
+        ops = collections.Counter(n.op_type for n in onnx.load(optimized).graph.node)
+    integer = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
+    floats = {k: ops[k] for k in FLOAT_KERNELS if ops[k]}
+    show = lambda d: ", ".join(f"{v} {k}" for k, v in d.items()) or "none"  # noqa: E731
+    return f"{show(integer)} / {show(floats)}"
+
+
+def latencies(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, float]:
+    """Median milliseconds of one run per variant, interleaved."""
+    sessions = {name: session(path, threads) for name, path in paths.items()}
+    for s in sessions.values():  # warm up
+        for _ in range(3):
+            s.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def sqnr(path: str, arrays: dict[str, np.ndarray], reference: list[np.ndarray], batch: int = 16) -> float:
+    s = session(path, 0)
+    n = len(next(iter(arrays.values())))
+    outs = [s.run(None, {k: v[i:i + batch] for k, v in arrays.items()}) for i in range(0, n, batch)]
+    return numerics.sqnr_db(reference, [np.concatenate([o[j] for o in outs]) for j in range(len(reference))])
+
+
+def activation_quantizers(path: str) -> int:
+    model = onnx.load(path)
+    inits = {t.name for t in model.graph.initializer}
+    return sum(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in model.graph.node)
+
+
+def run_model(bench, budgets: list[float], samples: int | None, runs: int, threads: list[int], folder: str) -> list[list[str]]:
+    calib, _, _ = _subset_calib(bench.calib, samples, folder)
+    arrays = read_npz(calib)
+    feeds = {k: v[:1] for k, v in arrays.items()}
+    paths = {"float": bench.model}
+    notes = {}
+    cache = os.path.join(folder, "cache")
+    configs = {"onnxmp uniform W8A8": OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0)}
+    configs.update({f"onnxmp budget {b:g}": OptimizeConfig(budget=b) for b in budgets})
+    for name, config in configs.items():
+        out = os.path.join(folder, name.replace(" ", "_") + ".onnx")
+        start = time.perf_counter()
+        optimize(bench.model, out, OptimizeConfig(**{**config.__dict__, "calib": calib, "cache_dir": cache}))
+        print(f"{bench.name}: {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        paths[name] = out
+    peer = os.path.join(folder, "peer.onnx")
+    notes[bench.name] = _quantize_peer(bench.model, arrays, peer)
+    paths["onnxruntime quantize_static W8A8"] = peer
+    s = session(bench.model, 0)
+    n = len(next(iter(arrays.values())))
+    chunks = [s.run(None, {k: v[i:i + 16] for k, v in arrays.items()}) for i in range(0, n, 16)]
+    reference = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    timed = {t: latencies(paths, feeds, t, runs) for t in threads}
+    rows = []
+    for name, path in paths.items():
+        quality = "float" if name == "float" else f"{sqnr(path, arrays, reference):.2f}"
+        cells = [bench.name, name, f"{bench.evaluate(path):.4f}", quality]
+        for t in (1, 2):
+            if t in timed:
+                ms = timed[t][name]
+                cells += [f"{ms:.2f}", f"{ms / timed[t]['float']:.2f}"]
+            else:
+                cells += ["", ""]
+        cells += [kernels(path), str(activation_quantizers(path)), f"{os.path.getsize(path) / 1024:.0f}"]
+        rows.append(cells)
+        print(" | ".join(cells), flush=True)
+    return rows, {k: v for k, v in notes.items() if v}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*")
+    parser.add_argument("--budgets", default="0.35,0.5")
+    parser.add_argument("--samples", type=int, default=None, help="calibrate on the first N samples only")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    rows, notes = [], {}
+    for bench in bench_models(args.models):
+        with tempfile.TemporaryDirectory() as folder:
+            r, n = run_model(bench, budgets, args.samples, args.runs, threads, folder)
+        rows += r
+        notes.update(n)
+    caption = (f"# Deployment on onnxruntime CPU: latency, accuracy and kernels of the written files\n\n"
+               f"Measured by `{' '.join(['python benchmarks/deploy_table.py', *sys.argv[1:]])}`"
+               f" at {git_state()}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. One sample per run, "
+               f"median of {args.runs} interleaved runs; × float: the variant's time over the float model's in the same "
+               "run; SQNR of every output against float over the calibration samples; kernels: integer / float compute "
+               "kernels of the graph onnxruntime optimizes the file into.")
+    publish_merged("deploy.md", caption, HEADER, rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Placement on onnxruntime CPU: quantizers where its integer kernels are, exporters' decompositions
+(LayerNorm, RMSNorm, GELU, Softmax, SiLU, L2 norm) recognised as units and kept float there;
+checked on the graph onnxruntime optimizes the output into, not only on the written one."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp.errors import NothingToQuantizeError
+from onnxmp.model.patterns import find_units
+from onnxmp.quant import numerics
+from onnxmp.quant.groups import find_quantizers
+from onnxmp.targets.ort import PLACEMENT
+
+D = 16
+
+
+def _c(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def _layernorm(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("ReduceMean", [x, "ax"], ["mu"], name="ln_mean"), n("Sub", [x, "mu"], ["d"], name="ln_sub"),
+            n("Pow", ["d", "two"], ["d2"], name="ln_pow"), n("ReduceMean", ["d2", "ax"], ["var"], name="ln_var"),
+            n("Add", ["var", "eps"], ["ve"], name="ln_eps"), n("Sqrt", ["ve"], ["sd"], name="ln_sqrt"),
+            n("Div", ["d", "sd"], ["nd"], name="ln_div"), n("Mul", ["nd", "gamma"], ["g"], name="ln_gamma"),
+            n("Add", ["g", "beta"], ["u"], name="ln_beta")], \
+        [_c("two", 2.0), _c("eps", 1e-5), _c("gamma", np.linspace(0.5, 1.5, D)), _c("beta", np.linspace(-0.1, 0.1, D)),
+         numpy_helper.from_array(np.array([-1], np.int64), "ax")]
+
+
+def _rmsnorm(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("Pow", [x, "two"], ["x2"], name="rms_pow"), n("ReduceMean", ["x2", "ax"], ["ms"], name="rms_mean"),
+            n("Add", ["ms", "eps"], ["me"], name="rms_eps"), n("Sqrt", ["me"], ["r"], name="rms_sqrt"),
+            n("Div", [x, "r"], ["nx"], name="rms_div"), n("Mul", ["nx", "gamma"], ["u"], name="rms_gamma")], \
+        [_c("two", 2.0), _c("eps", 1e-6), _c("gamma", np.linspace(0.5, 1.5, D)),
+         numpy_helper.from_array(np.array([-1], np.int64), "ax")]
+
+
+def _gelu_erf(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("Div", [x, "sqrt2"], ["xs"], name="ge_div"), n("Erf", ["xs"], ["e"], name="ge_erf"),
+            n("Add", ["e", "one"], ["e1"], name="ge_add"), n("Mul", [x, "e1"], ["xe"], name="ge_mul"),
+            n("Mul", ["xe", "half"], ["u"], name="ge_half")], [_c("sqrt2", 2**0.5), _c("one", 1.0), _c("half", 0.5)]
+
+
+def _gelu_tanh(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("Pow", [x, "three"], ["x3"], name="gt_pow"), n("Mul", ["x3", "k"], ["kx3"], name="gt_k"),
+            n("Add", [x, "kx3"], ["inner"], name="gt_add"), n("Mul", ["inner", "c"], ["ci"], name="gt_c"),
+            n("Tanh", ["ci"], ["t"], name="gt_tanh"), n("Add", ["t", "one"], ["t1"], name="gt_add1"),
+            n("Mul", [x, "half"], ["hx"], name="gt_half"), n("Mul", ["hx", "t1"], ["u"], name="gt_mul")], \
+        [_c("three", 3.0), _c("k", 0.044715), _c("c", (2 / np.pi) ** 0.5), _c("one", 1.0), _c("half", 0.5)]
+
+
+def _softmax(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("ReduceMax", [x, "ax"], ["mx"], name="sm_max"), n("Sub", [x, "mx"], ["z"], name="sm_sub"),
+            n("Exp", ["z"], ["ez"], name="sm_exp"), n("ReduceSum", ["ez", "ax"], ["s"], name="sm_sum"),
+            n("Div", ["ez", "s"], ["u"], name="sm_div")], [numpy_helper.from_array(np.array([-1], np.int64), "ax")]
+
+
+def _silu(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("Sigmoid", [x], ["sg"], name="si_sig"), n("Mul", [x, "sg"], ["u"], name="si_mul")], []
+
+
+def _l2norm(x: str) -> tuple[list, list]:
+    n = helper.make_node
+    return [n("Mul", [x, x], ["sq"], name="l2_sq"), n("ReduceSum", ["sq", "ax"], ["ss"], name="l2_sum"),
+            n("Sqrt", ["ss"], ["nrm"], name="l2_sqrt"), n("Max", ["nrm", "tiny"], ["nm"], name="l2_max"),
+            n("Div", [x, "nm"], ["u"], name="l2_div")], \
+        [_c("tiny", 1e-12), numpy_helper.from_array(np.array([-1], np.int64), "ax")]
+
+
+UNITS = {"LayerNorm": _layernorm, "RMSNorm": _rmsnorm, "GELU (erf)": _gelu_erf, "GELU (tanh)": _gelu_tanh,
+         "Softmax": _softmax, "SiLU": _silu, "L2 normalisation": _l2norm}
+
+
+def _sandwich(make_unit, seed: int = 0) -> onnx.ModelProto:
+    """x → MatMul → (the unit) → MatMul → y, constant weights: a transformer's block in small."""
+    rng = np.random.default_rng(seed)
+    nodes, consts = make_unit("h")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), *nodes,
+             helper.make_node("MatMul", ["u", "w2"], ["y"], name="mm2")]
+    weights = [_c("w1", rng.standard_normal((D, D)) / 4), _c("w2", rng.standard_normal((D, D)) / 4)]
+    graph = helper.make_graph(nodes, "unit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, D])], [*weights, *consts])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def optimized_ops(path: str, folder: str) -> collections.Counter:
+    """The op types of the graph onnxruntime runs (default optimizations, one thread)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("kind", list(UNITS))
+def test_each_decomposition_is_found_as_one_unit(kind):
+    model = _sandwich(UNITS[kind])
+    units = find_units(model)
+    assert [(u.kind, u.entry, u.exit) for u in units] == [(kind, "h", "u")]
+    unit_nodes = {n.name for n in model.graph.node} - {"mm1", "mm2"}
+    assert set(units[0].nodes) == unit_nodes
+
+
+def test_plain_arithmetic_and_open_regions_are_not_units():
+    n = helper.make_node
+    affine = lambda x: ([n("Mul", [x, "a"], ["ax1"], name="mul"), n("Add", ["ax1", "b"], ["u"], name="add")],  # noqa: E731
+                        [_c("a", 2.0), _c("b", 1.0)])
+    assert find_units(_sandwich(affine)) == []
+    # a GELU whose inner tensor is also read outside it is not closed: no unit
+    model = _sandwich(_gelu_erf)
+    model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, None))
+    assert find_units(model) == []
+
+
+@pytest.mark.parametrize("kind", list(UNITS))
+def test_ort_keeps_units_float_between_integer_matmuls(kind, tmp_path):
+    model = _sandwich(UNITS[kind], seed=1)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    x = np.random.default_rng(2).standard_normal((32, 8, D)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = str(tmp_path / "q.onnx")
+    result = optimize(path, out, OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0,
+                                                calib=str(tmp_path / "calib.npz"), cache_dir=None))
+    qdq = onnx.load(out)
+    quantized = {n.input[0].removesuffix("_float") for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {"x", "u"}  # the two MatMuls' inputs, nothing inside the unit
+    internal = {o for n in model.graph.node if n.name not in ("mm1", "mm2") for o in n.output} - {"u"}
+    reasons = {s["name"]: s["reason"] for s in result.record["skipped"]}
+    assert all(kind in reasons[t] and "kept float" in reasons[t] for t in internal)
+    ops = optimized_ops(out, str(tmp_path))
+    assert ops["MatMulIntegerToFloat"] == 2 and ops["MatMul"] == 0  # both MatMuls run in integer
+    # the written model computes what onnx's reference evaluator computes for it
+    np.testing.assert_allclose(ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": x[:4]})[0],
+                               ReferenceEvaluator(qdq).run(None, {"x": x[:4]})[0], rtol=1e-3, atol=1e-3)
+    reference = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert numerics.sqnr_db([reference], [ReferenceEvaluator(qdq).run(None, {"x": x})[0]]) > 20
+
+
+def test_accelerator_placement_quantizes_inside_units():
+    """Without an integer placement (qnn-htp, openvino) every quantized op's tensors are quantized,
+    the LayerNorm's insides included."""
+    model = _sandwich(_layernorm)
+    plan = find_quantizers(onnx.shape_inference.infer_shapes(model))
+    assert {"mu", "d", "sd", "nd", "u"} <= set(plan.activations)
+    ort_plan = find_quantizers(onnx.shape_inference.infer_shapes(model), integer=PLACEMENT)
+    assert set(ort_plan.activations) == {"x", "u"}
+
+
+def _residual_cnn() -> onnx.ModelProto:
+    """Conv → Relu → Conv, + the block's input (a residual Add) → MaxPool → Conv → Tanh."""
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]), n("Relu", ["c0"], ["r0"], name="relu0"),
+             n("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"], name="relu1"),
+             n("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]), n("Add", ["c2", "r0"], ["s"], name="res"),
+             n("MaxPool", ["s"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             n("Conv", ["p", "w3"], ["c3"], name="conv3"), n("Tanh", ["c3"], ["y"], name="tanh")]
+    weights = [_c("w0", rng.standard_normal((8, 3, 3, 3)) / 3), _c("w1", rng.standard_normal((8, 8, 3, 3)) / 8),
+               _c("w2", rng.standard_normal((8, 8, 3, 3)) / 8), _c("w3", rng.standard_normal((4, 8, 1, 1)) / 3)]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_ort_cnn_runs_every_conv_and_the_residual_add_in_integer(tmp_path):
+    path = str(tmp_path / "cnn.onnx")
+    onnx.save(_residual_cnn(), path)
+    x = np.abs(np.random.default_rng(4).standard_normal((16, 3, 16, 16))).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = str(tmp_path / "q.onnx")
+    optimize(path, out, OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0, calib=str(tmp_path / "calib.npz"),
+                                       cache_dir=None))
+    quantized = {n.input[0].removesuffix("_float") for n in onnx.load(out).graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {"x", "r0", "r1", "c2", "s", "p", "c3"}  # Tanh's output stays float
+    ops = optimized_ops(out, str(tmp_path))
+    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Conv"] == 0 and ops["FusedConv"] == 0
+
+
+def test_a_model_with_nothing_the_runtime_computes_in_integer_is_refused(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    with pytest.raises(NothingToQuantizeError):
+        find_quantizers(model, integer=PLACEMENT)
