@@ -18,7 +18,7 @@ from onnxmp.model.files import check_writable
 from onnxmp.pipeline import OptimizeConfig, analyze, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
-from onnxmp.quant.cost import METRICS
+from onnxmp.quant.cost import METRIC_HELP, METRICS
 from onnxmp.runtime.executor import BACKENDS
 from onnxmp.search.evaluate import load_user_evaluator
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
@@ -86,9 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", help="quantize a float model to a mixed-precision QDQ model")
     opt.add_argument("input", help="float ONNX model")
     opt.add_argument("output", help="where to write the QDQ model")
-    opt.add_argument("--budget", type=float, default=0.5,
-                     help="cost budget as a fraction of the all-highest-candidate cost (default 0.5)")
-    opt.add_argument("--metric", choices=METRICS, default="bops", help="cost metric (default bops)")
+    opt.add_argument("--budget", type=float, default=None,
+                     help="cost budget as a fraction of the all-highest-candidate cost (default 0.5, or the cheapest "
+                          "assignment where the target cannot go that low)")
+    opt.add_argument("--metric", choices=METRICS, default=None,
+                     help="cost metric (default: the target's, latency on ort, bops elsewhere): " + METRIC_HELP)
     opt.add_argument("--target-drop", help="instead of a budget: the largest allowed drop of the evaluator's "
                                            "score from the all-highest baseline, absolute (1) or relative (1%%)")
     opt.add_argument("--eval", dest="eval_spec", help="module:function (or file.py:function) scoring a model path, "
@@ -168,7 +170,8 @@ def _summary(record: dict, output: str) -> str:
         f"({record['options']['metric']})",
         f"  output SQNR: {chosen['sqnr_db_ort_default']:.2f} dB on onnxruntime default, "
         f"{chosen['sqnr_db_ort_precise']:.2f} dB precise, {chosen['simulated_sqnr_db']:.2f} dB simulated "
-        f"(all-{record['baseline']['candidate']}: {record['baseline']['sqnr_db']:.2f} dB)",
+        + (f"(all-{record['baseline']['candidate']}: {record['baseline']['sqnr_db']:.2f} dB)"
+           if record["baseline"]["candidate"] != "FP32" else "(against the float model)"),
     ]
     target = record.get("target")
     if target:
@@ -190,7 +193,7 @@ def _sensitivity_table(analysis, top: int) -> str:
     for s in rows:
         g = groups[s.gid]
         nodes = ", ".join(g.nodes) if g.nodes else "(activations) " + ", ".join(g.activations)
-        cand = str(s.candidate) if g.weights else f"A{s.candidate.a_bits}"
+        cand = str(s.candidate) if g.weights or s.candidate.is_float else f"A{s.candidate.a_bits}"
         lines.append(f"{s.gid:>5}  {cand:<9} {s.sqnr_db:>8.2f}  {nodes[:90]}")
     return "\n".join(lines)
 

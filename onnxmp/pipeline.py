@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxmp._version import __version__
-from onnxmp.errors import ConfigError, ModelError, NothingToQuantizeError
+from onnxmp.errors import BudgetTooLowError, ConfigError, ModelError, NothingToQuantizeError
 from onnxmp.model.files import check_writable, save_json, save_model
 from onnxmp.model.large import is_large, save_with_external_data
 from onnxmp.model.loader import load_model, prepare_model
@@ -27,7 +27,7 @@ from onnxmp.output.export import dequantize_constant_operands, export_qdq
 from onnxmp.output.report import build_record, write_report_dir
 from onnxmp.quant import numerics
 from onnxmp.quant.calibrate import Calibration, calibrate
-from onnxmp.quant.candidates import DEFAULT_CANDIDATES, Assignment, Candidate, parse_candidates
+from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
 from onnxmp.quant.groups import QUANTIZED_OPS, IntegerPlacement, QuantPlan, find_quantizers
 from onnxmp.quant.params import QuantParams
@@ -53,15 +53,16 @@ Progress = Callable[[str, int, int, str], None]
 # Session option that keeps onnxruntime from computing INT8-weight MatMuls with 8-bit activations.
 PRECISE_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 HELD_BACK_FRACTION = 0.25
+DEFAULT_BUDGET = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizeConfig:
     """Every option of ``optimize``; the CLI builds one of these."""
 
-    candidates: tuple[Candidate, ...] = parse_candidates(DEFAULT_CANDIDATES)
-    budget: float | None = 0.5
-    metric: str = "bops"
+    candidates: tuple[Candidate, ...] | None = None  # None: the target's default candidates
+    budget: float | None = None  # None: DEFAULT_BUDGET, or the cheapest assignment where that is below it
+    metric: str | None = None  # None: the target's default metric (the one that tracks its latency)
     calib: str | None = None
     report: str | None = None  # JSON record
     report_dir: str | None = None  # JSON record, Pareto plot and Markdown summary
@@ -79,8 +80,20 @@ class OptimizeConfig:
     target: str = "ort"  # deployment target profile (onnxmp.targets)
     fix_dims: str | None = None  # "name=value,..." for symbolic dimensions of the output model
     eval_on_target: bool = False  # the accuracy-target search scores candidates on the target's runtime
+    budget_is_default: bool = False  # set by resolved(): no budget was given
+
+    def resolved(self) -> OptimizeConfig:
+        """This config with the target's defaults where it leaves the candidates or the metric open."""
+        profile = get_target(self.target)
+        default = self.budget is None and self.target_drop is None
+        return dataclasses.replace(self, candidates=self.candidates or parse_candidates(profile.default_candidates),
+                                   metric=self.metric or profile.default_metric,
+                                   budget=DEFAULT_BUDGET if default else self.budget,
+                                   budget_is_default=self.budget_is_default or default)
 
     def validate(self) -> None:
+        if self.candidates is None or self.metric is None or (self.budget is None and self.target_drop is None):
+            return self.resolved().validate()
         if self.metric not in METRICS:
             raise ConfigError(f"unknown --metric {self.metric!r}; use one of {', '.join(METRICS)}")
         if self.target_drop is None and (self.budget is None or not 0 < self.budget <= 1):
@@ -157,6 +170,7 @@ def _split_heldout(data: CalibrationSet, config: OptimizeConfig) -> tuple[Calibr
 
 def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress: Progress | None = None) -> Analysis:
     """Load, prepare, calibrate and run Phase 1 (or reuse them from the cache)."""
+    config = config.resolved()
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
@@ -242,6 +256,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     Writes ``output_path`` and the reports atomically when given; returns the model and the JSON
     record either way.
     """
+    config = config.resolved()
     config.validate()
     for path in (output_path, config.report):
         if path:
@@ -250,7 +265,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     timings, simulator, plan = analysis.timings, analysis.simulator, analysis.plan
     with _timed(timings, "phase2"):
         sizes = {t.name: int(np.prod(t.dims)) for t in analysis.model.graph.initializer}
-        costs = CostModel.build(plan, analysis.calibration, sizes)
+        costs = CostModel.build(plan, analysis.calibration, sizes, get_target(config.target).latency)
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,
@@ -264,7 +279,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
             choice, target_record = _search_target(analysis, curve, table, group_cost, config, progress)
         chosen_nsr = simulator.nsr(choice.assignment)
     else:
-        greedy = choose_for_budget(curve, config.budget, table, group_cost)
+        greedy, config = _choose_for_budget(curve, config, table, group_cost)
         choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
                                                  group_cost)
     with _timed(timings, "export"):
@@ -292,6 +307,22 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     if config.report_dir:
         write_report_dir(record, config.report_dir)
     return OptimizeResult(qdq, record)
+
+
+def _choose_for_budget(curve: ParetoCurve, config: OptimizeConfig, table: dict,
+                       group_cost) -> tuple[Choice, OptimizeConfig]:
+    """The budget's choice, and the config with the budget used; where no budget was given and
+    the default one is below what the target can run (on ort, a model of Gemms: their W8A8
+    kernel takes 0.64 of float's time), the cheapest assignment, with a warning."""
+    try:
+        return choose_for_budget(curve, config.budget, table, group_cost), config
+    except BudgetTooLowError as exc:
+        if not config.budget_is_default:
+            raise
+        logger.warning("the default budget %g is below the cheapest assignment on --target %s (%.3f of the "
+                       "baseline's %s); taking the cheapest", config.budget, config.target, exc.cheapest, config.metric)
+        config = dataclasses.replace(config, budget=exc.cheapest)
+        return choose_for_budget(curve, exc.cheapest, table, group_cost), config
 
 
 def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice, measured: dict[int, float],
@@ -423,9 +454,10 @@ def uniform_assignment(allowed: dict[int, tuple[Candidate, ...]], cand: Candidat
 
 
 def _uniform_point(simulator: Simulator, costs: CostModel, allowed: dict, cand: Candidate, metric: str) -> dict:
-    """Cost and simulated SQNR with every group at one candidate (the uniform baselines)."""
+    """Cost and simulated SQNR with every group at one candidate (the uniform baselines); all-FP32
+    is the float model itself (no noise), not its 16-bit simulation."""
     assignment = uniform_assignment(allowed, cand)
-    nsr = simulator.nsr(assignment)
+    nsr = 0.0 if cand.is_float else simulator.nsr(assignment)
     return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": numerics.nsr_to_db(nsr)}
 
 

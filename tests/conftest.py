@@ -7,6 +7,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmp import OptimizeConfig, parse_candidates
+
+# The search's mechanics on the layout that quantizes around every op (many groups, every op type)
+# with the paper's candidates and cost: what the tests of Phase 1, Phase 2, AdaRound and the cache
+# exercise. The default target's own choices (placement, FP32, latency) are tested in test_placement.
+CLASSIC = {"target": "generic", "candidates": parse_candidates("W4A8,W8A8,W8A16"), "metric": "bops"}
+
+
+def classic(**options) -> OptimizeConfig:
+    """An OptimizeConfig on CLASSIC, ``options`` overriding it."""
+    return OptimizeConfig(**{**CLASSIC, **options})
+
 
 def _init(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)

@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
+from conftest import CLASSIC, classic
 
-from onnxmp import OptimizeConfig
 from onnxmp.output.export import export_qdq
 from onnxmp.pipeline import analyze
 from onnxmp.quant import numerics
@@ -40,7 +40,7 @@ def _naive_db(analysis, candidates) -> dict:
 
 @pytest.fixture(scope="module")
 def engines():
-    base = OptimizeConfig(calib="models/digits/calib.npz", adaround="off", cache_dir=None)
+    base = classic(calib="models/digits/calib.npz", adaround="off", cache_dir=None)
     return {
         "whole": analyze(DIGITS, dataclasses.replace(base, max_memory=0)),  # nothing cached: whole graphs
         "partial": analyze(DIGITS, base),
@@ -63,7 +63,7 @@ def test_partial_and_parallel_phase1_equal_whole_graph_phase1(engines):
 
 def test_phase1_equals_naive_exported_models(engines):
     analysis = engines["partial"]
-    candidates = OptimizeConfig().candidates
+    candidates = CLASSIC["candidates"]
     naive = _naive_db(analysis, candidates)
     ours = {k: numerics.nsr_to_db(v) for k, v in _table(analysis).items()}
     for key, db in ours.items():
@@ -90,9 +90,9 @@ def test_partial_evaluation_used_cached_cuts(cnn_path):
 
 
 def test_suffix_evaluation_matches_whole_graph_on_a_late_change(cnn_path):
-    analysis = analyze(str(cnn_path), OptimizeConfig(adaround="off", cache_dir=None, max_memory=0))
+    analysis = analyze(str(cnn_path), classic(adaround="off", cache_dir=None, max_memory=0))
     sim, plan = analysis.simulator, analysis.plan
-    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    highest, lowest = CLASSIC["candidates"][-1], CLASSIC["candidates"][0]
     baseline = {g.gid: highest for g in plan.groups}
     late = {**baseline, plan.groups[-1].gid: lowest}
     whole = sim.outputs(late)
@@ -109,7 +109,7 @@ def test_ray_backend_gives_the_same_list(engines):
     ray = pytest.importorskip("ray", reason="Ray is the optional extra onnxmp[ray]; not installed here")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        config = OptimizeConfig(calib="models/digits/calib.npz", adaround="off", cache_dir=None, workers=2,
+        config = classic(calib="models/digits/calib.npz", adaround="off", cache_dir=None, workers=2,
                                 backend="ray")
         on_ray = analyze(DIGITS, config)
     finally:
@@ -151,9 +151,9 @@ def test_suffix_sessions_do_not_depend_on_what_was_measured_before(tmp_path):
     """One process measures every group, a worker only some: each cut's suffix must take the same
     parameters as inputs (the rest baked in), or the two compute with different kernels."""
     path = _long_skip_cnn(tmp_path)
-    analysis = analyze(path, OptimizeConfig(calib=str(tmp_path / "skip.npz"), adaround="off", cache_dir=None))
+    analysis = analyze(path, classic(calib=str(tmp_path / "skip.npz"), adaround="off", cache_dir=None))
     sim, plan = analysis.simulator, analysis.plan
-    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    highest, lowest = CLASSIC["candidates"][-1], CLASSIC["candidates"][0]
     baseline = {g.gid: highest for g in plan.groups}
 
     def suffixes(groups) -> tuple[dict, dict]:
@@ -200,9 +200,9 @@ def test_large_models_suffix_sessions_bake_no_weights(cnn_path, monkeypatch):
     """The simulation model holds no weights (they are fed), so whether a model is large is told
     by its feeds: a large model's suffix sessions must not bake its weights in (each suffix would
     hold another copy; a 2 GB MLP peaked at 10 GB that way)."""
-    analysis = analyze(str(cnn_path), OptimizeConfig(adaround="off", cache_dir=None, max_memory=0))
+    analysis = analyze(str(cnn_path), classic(adaround="off", cache_dir=None, max_memory=0))
     sim, plan = analysis.simulator, analysis.plan
-    highest, lowest = OptimizeConfig().candidates[-1], OptimizeConfig().candidates[0]
+    highest, lowest = CLASSIC["candidates"][-1], CLASSIC["candidates"][0]
     baseline = {g.gid: highest for g in plan.groups}
     middle = {**baseline, plan.groups[len(plan.groups) // 2].gid: lowest}
     for limit, baked in ((1 << 30, True), (1000, False)):  # the weights are a few kB

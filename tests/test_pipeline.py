@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_cnn
+from conftest import classic, make_cnn
 from onnx.reference import ReferenceEvaluator
 
-from onnxmp import OptimizeConfig, optimize, parse_candidates
+from onnxmp import optimize, parse_candidates
 from onnxmp.model.loader import prepare_model
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
@@ -47,7 +47,7 @@ def test_batchnorm_fold_and_opset_upgrade_keep_outputs(cnn_path, calib):
 def test_optimize_writes_a_deployable_mixed_model(cnn_path, tmp_path, calib):
     out = tmp_path / "out.onnx"
     before = cnn_path.read_bytes()
-    result = optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"), budget=0.35))
+    result = optimize(str(cnn_path), str(out), classic(calib=str(tmp_path / "calib.npz"), budget=0.35))
     assert cnn_path.read_bytes() == before  # the input is never modified
     model = onnx.load(str(out))
     assert_deployable(model)
@@ -70,7 +70,7 @@ def test_optimize_writes_a_deployable_mixed_model(cnn_path, tmp_path, calib):
 
 def test_exported_model_matches_reference_evaluator(cnn_path, tmp_path, calib):
     out = tmp_path / "out.onnx"
-    optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"),
+    optimize(str(cnn_path), str(out), classic(calib=str(tmp_path / "calib.npz"),
                                                      candidates=parse_candidates("W4A8,W8A16")))
     model = onnx.load(str(out))
     ref = ReferenceEvaluator(model).run(None, {"x": calib})[0]
@@ -82,7 +82,7 @@ def test_exported_model_matches_reference_evaluator(cnn_path, tmp_path, calib):
 
 
 def test_budget_half_is_at_least_as_good_as_uniform_w8a8(cnn_path, tmp_path):
-    result = optimize(str(cnn_path), None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), budget=0.5))
+    result = optimize(str(cnn_path), None, classic(calib=str(tmp_path / "calib.npz"), budget=0.5))
     record = result.record
     assert record["chosen"]["relative_cost"] <= 0.5 + 1e-9
     assert record["chosen"]["simulated_sqnr_db"] >= record["uniform"]["W8A8"]["sqnr_db"] - 1e-6
@@ -94,12 +94,12 @@ def test_external_data_model_loads(tmp_path):
     onnx.save(make_cnn(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.data", size_threshold=0)
     np.savez(tmp_path / "calib.npz", x=calib)
-    result = optimize(str(path), str(tmp_path / "out.onnx"), OptimizeConfig(calib=str(tmp_path / "calib.npz")))
+    result = optimize(str(path), str(tmp_path / "out.onnx"), classic(calib=str(tmp_path / "calib.npz")))
     assert result.record["counts"]["weighted_ops"] == 6
 
 
 def test_memory_metric_counts_weight_bits(cnn_path, tmp_path):
-    result = optimize(str(cnn_path), None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), metric="memory",
+    result = optimize(str(cnn_path), None, classic(calib=str(tmp_path / "calib.npz"), metric="memory",
                                                           budget=0.75))
     record = result.record
     assert record["chosen"]["memory_bytes"] <= 0.75 * record["baseline"]["memory_bytes"] + 1e-6
@@ -107,7 +107,7 @@ def test_memory_metric_counts_weight_bits(cnn_path, tmp_path):
 
 def test_four_bit_activations_export_as_uint4_and_match_reference(cnn_path, tmp_path, calib):
     out = tmp_path / "w4a4.onnx"
-    result = optimize(str(cnn_path), str(out), OptimizeConfig(calib=str(tmp_path / "calib.npz"),
+    result = optimize(str(cnn_path), str(out), classic(calib=str(tmp_path / "calib.npz"),
                                                               candidates=parse_candidates("W4A4,W8A8"), budget=0.3))
     model = onnx.load(str(out))
     assert_deployable(model)

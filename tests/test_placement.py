@@ -202,3 +202,44 @@ def test_a_model_with_nothing_the_runtime_computes_in_integer_is_refused(tmp_pat
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
     with pytest.raises(NothingToQuantizeError):
         find_quantizers(model, integer=PLACEMENT)
+
+
+def test_fp32_candidate_leaves_groups_float(tmp_path):
+    """A group at FP32 has no quantizer: its weights stay float initializers, and the file
+    computes what onnx's reference evaluator computes for it; all-FP32 is the float model."""
+    from onnxmp.output.export import export_qdq
+    from onnxmp.quant.candidates import Candidate
+
+    assert str(Candidate.parse("fp32")) == "FP32" and Candidate.parse("FLOAT").is_float
+    assert parse_candidates("FP32,W8A8")[-1].is_float  # the most expensive candidate
+    path = str(tmp_path / "cnn.onnx")
+    onnx.save(_residual_cnn(), path)
+    x = np.abs(np.random.default_rng(4).standard_normal((16, 3, 16, 16))).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = str(tmp_path / "q.onnx")
+    result = optimize(path, out, OptimizeConfig(candidates=parse_candidates("W8A8,FP32"), budget=0.3,
+                                                calib=str(tmp_path / "calib.npz"), cache_dir=None, metric="memory"))
+    mix = result.record["chosen"]["mix"]
+    assert mix.get("FP32") and mix.get("W8A8")  # a real mix at this budget
+    qdq = onnx.load(out)
+    float_weights = {t.name for t in qdq.graph.initializer if t.data_type == TensorProto.FLOAT and t.name.startswith("w")}
+    dequantized = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+    for node in qdq.graph.node:
+        if node.op_type == "Conv":
+            assert node.input[1] in float_weights | dequantized
+    assert float_weights and float_weights != {"w0", "w1", "w2", "w3"}
+    np.testing.assert_allclose(ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": x[:4]})[0],
+                               ReferenceEvaluator(qdq).run(None, {"x": x[:4]})[0], rtol=1e-4, atol=1e-4)
+    analysis_model = onnx.load(path)
+    plan = find_quantizers(onnx.shape_inference.infer_shapes(analysis_model), integer=PLACEMENT)
+    everything_float = export_qdq(onnx.shape_inference.infer_shapes(analysis_model), plan, None,
+                                  {g.gid: Candidate.parse("FP32") for g in plan.groups})
+    assert [n.op_type for n in everything_float.graph.node] == [n.op_type for n in analysis_model.graph.node]
+
+
+def test_qnn_htp_refuses_fp32_where_ort_runs_it():
+    from onnxmp.quant.candidates import Candidate
+    from onnxmp.targets import get_target
+
+    fp32 = Candidate.parse("FP32")
+    assert get_target("ort").allows({"Conv"}, fp32) and not get_target("qnn-htp").allows({"Conv"}, fp32)

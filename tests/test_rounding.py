@@ -12,7 +12,7 @@ from onnxmp.model.loader import prepare_model
 
 def _config(tmp_path, **kw):
     return OptimizeConfig(calib=str(tmp_path / "calib.npz"), candidates=parse_candidates("W4A8,W8A16"),
-                          adaround_iterations=300, **kw)
+                          adaround_iterations=300, target="generic", metric="bops", **kw)
 
 
 def test_adaround_improves_w4_and_exports_floor_or_ceil(cnn_path, tmp_path):

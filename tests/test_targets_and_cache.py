@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import CLASSIC
 
 from onnxmp import OptimizeConfig, optimize
 from onnxmp.cli import main
@@ -15,7 +16,7 @@ from onnxmp.search.evaluate import Evaluator
 
 
 def _config(tmp_path, **kw):
-    return OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), **kw)
+    return OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), **{**CLASSIC, **kw})
 
 
 def test_second_run_with_another_budget_reuses_phase1(cnn_path, tmp_path):
@@ -28,7 +29,7 @@ def test_second_run_with_another_budget_reuses_phase1(cnn_path, tmp_path):
 
 def test_changed_option_or_data_misses_the_cache(cnn_path, tmp_path):
     optimize(str(cnn_path), None, _config(tmp_path))
-    other_cands = optimize(str(cnn_path), None, _config(tmp_path, candidates=OptimizeConfig().candidates[1:])).record
+    other_cands = optimize(str(cnn_path), None, _config(tmp_path, candidates=CLASSIC["candidates"][1:])).record
     assert not other_cands["cache"]["hit"]
     x = np.load(tmp_path / "calib.npz")["x"]
     np.savez(tmp_path / "calib.npz", x=x[:-1])  # one sample fewer
@@ -96,7 +97,7 @@ def test_report_dir_files(cnn_path, tmp_path):
 
 
 def test_analyze_prints_sensitivity_table(cnn_path, tmp_path, capsys):
-    assert main(["analyze", str(cnn_path), "--calib", str(tmp_path / "calib.npz"), "--no-cache"]) == 0
+    assert main(["analyze", str(cnn_path), "--calib", str(tmp_path / "calib.npz"), "--no-cache", "--target", "generic"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["group", "candidate", "SQNR"]
     sqnr = [float(line.split()[2]) for line in lines[2:]]

@@ -108,6 +108,8 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
     float_names: dict[str, str] = {}  # producer outputs renamed, ahead of their Q/DQ pair
     fresh = _FreshNames(model)
     for name in plan.activations:
+        if assignment[act_group[name]].is_float:  # left float: no quantizer
+            continue
         bits = assignment[act_group[name]].a_bits
         scale, zp = params.activation(name, bits)
         if name in graph_inputs:
@@ -122,6 +124,8 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, params: QuantParams,
         new_inits.extend(inits)
     for op in plan.weighted_ops:
         cand = assignment[weight_group[op.weight]]
+        if cand.is_float:  # weights and bias stay the float initializers
+            continue
         if op.weight not in replaced:
             qw = params.weight(op, cand.w_bits)
             node, inits = _weight_dq(op.weight, qw.q, qw.scale, op.axis, cand.w_bits, fresh)

@@ -11,6 +11,9 @@ from onnxmp.errors import ConfigError
 WEIGHT_BITS = (4, 8, 16)
 ACTIVATION_BITS = (4, 8, 16)  # 4: UINT4 (ONNX opset 21), for W4A4 with LSQ fine-tuning
 DEFAULT_CANDIDATES = "W4A8,W8A8,W8A16"
+# a group left in float: no quantizer on its weights or activations (written FP32)
+FLOAT_BITS = 32
+FLOAT_NAMES = ("FP32", "FLOAT")
 _PATTERN = re.compile(r"^W(\d+)A(\d+)$")
 
 
@@ -22,14 +25,21 @@ class Candidate:
     a_bits: int
 
     def __str__(self) -> str:
-        return f"W{self.w_bits}A{self.a_bits}"
+        return "FP32" if self.is_float else f"W{self.w_bits}A{self.a_bits}"
+
+    @property
+    def is_float(self) -> bool:
+        """The group is not quantized at all (the most expensive candidate there is)."""
+        return self.w_bits == FLOAT_BITS
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
-        """Parse ``W8A16``-style text; raise ConfigError naming the allowed values."""
+        """Parse ``W8A16``-style text, or ``FP32`` (left float); raise ConfigError naming the allowed values."""
+        if text.strip().upper() in FLOAT_NAMES:
+            return cls(FLOAT_BITS, FLOAT_BITS)
         match = _PATTERN.match(text.strip().upper())
         if not match:
-            raise ConfigError(f"unknown candidate {text!r}: write it as W<bits>A<bits>, e.g. W8A8")
+            raise ConfigError(f"unknown candidate {text!r}: write it as W<bits>A<bits>, e.g. W8A8, or FP32")
         w_bits, a_bits = int(match.group(1)), int(match.group(2))
         if w_bits not in WEIGHT_BITS or a_bits not in ACTIVATION_BITS:
             raise ConfigError(

@@ -223,9 +223,10 @@ def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float
 
 
 def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: Mapping[str, str],
-                         placement: IntegerPlacement) -> tuple[list[str], list[Skip]]:
+                         placement: IntegerPlacement) -> tuple[list[str], list[Skip], list[tuple[str, str]]]:
     """The tensors an integer kernel reads or must write, and those that stay quantized through
-    ops the runtime runs in integer, in graph order; the skips say why the rest stay float."""
+    ops the runtime runs in integer, in graph order; the skips say why the rest stay float; and
+    (weight, output) pairs of the kernels that need their output quantized with their inputs."""
     graph = model.graph
     constant = constant_tensors(graph, index)
     units = find_units(model, constant) if placement.float_units else []
@@ -234,6 +235,7 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
     skips += [Skip(t, f"inside a {u.kind} ({u.nodes[0]} .. {u.nodes[-1]}): kept float between integer kernels")
               for u in units for t in u.tensors if t != u.exit]
     chosen: dict[str, None] = {}
+    coupled: list[tuple[str, str]] = []
 
     def quantize(name: str) -> None:
         if name and name not in keep_float and name not in constant and name not in index.initializers \
@@ -248,6 +250,7 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
                 fused = _is_fused_output(weighted.output, index)
                 for out in ([r.output[0] for r in index.readers[weighted.output]] if fused else [weighted.output]):
                     quantize(out)
+                    coupled.append((weighted.weight, out))
             continue
         if node.op_type not in placement.int8_ops or node.name in in_unit:
             continue
@@ -262,7 +265,7 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
         if name not in chosen and name not in kept and name in index.producers and index.is_float(name) \
                 and name not in constant:
             skips.append(Skip(name, "no integer kernel reads or writes it on this target: kept float"))
-    return list(chosen), skips
+    return list(chosen), skips, [(w, a) for w, a in coupled if a in chosen]
 
 
 def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
@@ -273,10 +276,11 @@ def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None
     instead, quantize only where the target computes in integer."""
     graph = model.graph
     index = GraphIndex.build(graph)
+    coupled: list[tuple[str, str]] = []
     if integer is None:
         activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
     else:
-        activations, skips = _integer_activations(model, index, keep_float or {}, integer)
+        activations, skips, coupled = _integer_activations(model, index, keep_float or {}, integer)
     quantized = set(activations)
     weighted: list[WeightedOp] = []
     for node in graph.node:
@@ -298,15 +302,17 @@ def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None
             "the model has no op onnxmp can quantize (Conv, ConvTranspose, Gemm, MatMul with a "
             "constant weight, or the activation ops around them)"
         )
-    groups = _connected_groups(graph, unique_weighted, activations, quantized)
+    groups = _connected_groups(graph, unique_weighted, activations, quantized, coupled)
     for skip in skips:
         logger.debug("skip %s: %s", skip.name, skip.reason)
     return QuantPlan(tuple(activations), tuple(unique_weighted), groups, tuple(skips))
 
 
 def _connected_groups(graph: onnx.GraphProto, weighted: list[WeightedOp], activations: list[str],
-                      quantized: set[str]) -> tuple[QuantizerGroup, ...]:
-    """Union the quantizers by the grouping rules; one group per connected component."""
+                      quantized: set[str], coupled: list[tuple[str, str]] = ()) -> tuple[QuantizerGroup, ...]:
+    """Union the quantizers by the grouping rules; one group per connected component.
+    ``coupled``: (weight, activation) pairs that take one width too (a kernel that computes in
+    integer only when its output is quantized with its inputs, such as QLinearConv)."""
     uf = _UnionFind()
     for name in activations:
         uf.add("a:" + name)
@@ -314,6 +320,10 @@ def _connected_groups(graph: onnx.GraphProto, weighted: list[WeightedOp], activa
         uf.add("w:" + op.weight)
         if op.activation in quantized:
             uf.union("w:" + op.weight, "a:" + op.activation)
+    seen_weights = {op.weight for op in weighted}
+    for weight, name in coupled:
+        if weight in seen_weights:
+            uf.union("w:" + weight, "a:" + name)
     for node in graph.node:
         if node.op_type in SHARED_IO_OPS:
             members = ["a:" + n for n in [*node.input, *node.output] if n in quantized]

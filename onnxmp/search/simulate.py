@@ -29,6 +29,10 @@ from onnxmp.search.partial import DEFAULT_MAX_MEMORY, CutCache
 logger = logging.getLogger(__name__)
 
 _SUFFIXES = ("scale", "zp", "lo", "hi")
+# The simulation graph has a quantizer on every activation of the plan; one whose group is left
+# float (FP32) goes through a 16-bit min/max grid there (noise ~90 dB below the signal: what the
+# estimate adds for it), while the exported model has no quantizer there at all.
+FLOAT_PROXY_BITS = 16
 WEIGHT_CACHE_BYTES = 1 << 30
 _PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
 
@@ -147,11 +151,16 @@ class Simulator:
         """Every parameter feed of the simulation model for one assignment."""
         feeds: dict[str, np.ndarray] = {}
         for name in self.plan.activations:
-            bits = assignment[self._act_group[name]].a_bits
+            bits = min(assignment[self._act_group[name]].a_bits, FLOAT_PROXY_BITS)
             method = self.params.range_method.get((name, bits))
             feeds.update(self._cached(("a", name, bits, method), lambda n=name, b=bits: self.activation_feeds(n, b)))
         for op in self.plan.weighted_ops:
             cand = assignment[self._weight_group[op.weight]]
+            if cand.is_float:
+                feeds[op.weight] = self.params.float_weight(op.weight)
+                if op.bias:
+                    feeds[op.bias] = self.params.float_weight(op.bias)
+                continue
             feeds[op.weight] = self._cached(("w", op.weight, cand.w_bits),
                                             lambda o=op, c=cand: self.params.weight(o, c.w_bits).dequantized())
             if op.bias:  # the int32 bias scale follows the input activation's scale, hence its range method
@@ -160,7 +169,7 @@ class Simulator:
         return feeds
 
     def _bias_value(self, op, cand: Candidate) -> np.ndarray:
-        bias = self.params.bias(op, cand.w_bits, cand.a_bits)
+        bias = self.params.bias(op, cand.w_bits, min(cand.a_bits, FLOAT_PROXY_BITS))
         return bias.dequantized() if bias is not None else self.params.float_weight(op.bias)
 
     def outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ stays float (a QuantizeLinear/DequantizeLinear pair no kernel absorbs is pure ov
 
 from __future__ import annotations
 
+from onnxmp.quant.cost import LatencyTable
 from onnxmp.quant.groups import IntegerPlacement
 from onnxmp.targets.profile import TargetProfile
 
@@ -37,6 +38,17 @@ PLACEMENT = IntegerPlacement(
     }),
 )
 
+# Time per MAC relative to float, one thread (benchmarks/results/ort_kernels.md): W8A8 is an integer
+# kernel where placement gives it its quantized output; every other quantized candidate computes in
+# float behind its DequantizeLinear, slower than float. A group at FP32 is not quantized (1 by definition).
+LATENCY = LatencyTable({
+    "Conv": {"W8A8": 0.42, "quantized": 1.6},
+    "MatMul": {"W8A8": 0.29, "W8A16": 1.59, "W4A16": 1.73, "W4A8": 2.69, "quantized": 1.7},
+    "Gemm": {"W8A8": 0.64, "W8A16": 1.96, "quantized": 5.7},
+    "ConvTranspose": {"quantized": 1.25},
+}, source="benchmarks/ort_kernels.py at d3fdfbc: a 64-channel 3x3 Conv, a 384x384 MatMul, an 8x512x256 Gemm, "
+          "a 32-channel ConvTranspose")
+
 PROFILE = TargetProfile(
     name="ort",
     summary="onnxruntime CPU runs QDQ with 4, 8 and 16-bit weights and 4, 8 and 16-bit activations "
@@ -47,4 +59,8 @@ PROFILE = TargetProfile(
     # the session fails to load ("Type 'tensor(uint4)' of input parameter ... of operator (MaxPool)")
     activation_readers_refused={4: frozenset({"MaxPool"})},
     placement=PLACEMENT,
+    # what is faster than float here: W8A8 integer kernels; a sensitive group stays float, at float speed
+    default_candidates="W8A8,FP32",
+    default_metric="latency",
+    latency=LATENCY,
 )

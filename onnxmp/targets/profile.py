@@ -9,6 +9,7 @@ import onnx
 
 from onnxmp.errors import ConfigError
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, Candidate
+from onnxmp.quant.cost import LatencyTable
 from onnxmp.quant.groups import IntegerPlacement, QuantPlan
 
 
@@ -37,12 +38,17 @@ class TargetProfile:
     # where activation quantizers go: None, around every op of QUANTIZED_OPS (an accelerator that runs
     # the whole graph in integer); else only where the runtime computes in integer
     placement: IntegerPlacement | None = None
+    default_metric: str = "bops"  # the cost metric that tracks what the target pays
+    latency: LatencyTable | None = None  # measured time per MAC of each op type and candidate (metric latency)
+    runs_float: bool = True  # a layer left float (FP32) runs there (on HTP it would fall back to the CPU)
     range_margin: float = 0.0  # activation ranges widened by this fraction of their width at non-zero ends
     rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
+        if cand.is_float:
+            return self.runs_float
         if cand.a_bits not in self.activation_bits:
             return False
         if not self.mixed_activation_bits and highest is not None and cand.a_bits != highest.a_bits:

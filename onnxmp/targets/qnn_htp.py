@@ -188,6 +188,7 @@ PROFILE = TargetProfile(
     default_candidates="W4A16,W8A16",
     static_shapes=True,
     mixed_activation_bits=False,
+    runs_float=False,  # a float layer leaves HTP for the CPU: the graph splits
     dequantize_constant_operands=True,
     extra_quantized_ops=frozenset({"ReduceSum", "Sqrt", "Max", "Min"}),
     range_margin=RANGE_MARGIN,
