@@ -4,14 +4,15 @@
                                       [--runs 30] [--threads 1,2]
 
 Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate);
-onnxmp at each budget with its default candidates; onnxruntime's ``quantize_static`` W8A8 (QDQ,
+onnxmp with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5
+or the cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onnxruntime's ``quantize_static`` W8A8 (QDQ,
 per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample (the first calibration
 sample, batch axis kept), default session options but the thread count, every variant's session
 made first, then ``--runs`` rounds that time one run of each variant in turn (interleaved, so a
 noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in the graph
 onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR: every
 model output against the float model's, over the calibration samples; task score: the model's
-labelled evaluator. All rows come from one run at one commit.
+labelled evaluator; mean cosine: per sample, between the first output and the float model's. All rows come from one run at one commit.
 
 Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import sys
 import tempfile
@@ -35,13 +37,14 @@ from common import bench_models, git_state, publish_merged  # noqa: E402
 from zoo_table import _quantize_peer, _subset_calib  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
+from onnxmp.errors import BudgetTooLowError  # noqa: E402
 from onnxmp.quant import numerics  # noqa: E402
 from onnxmp.runtime.data import read_npz  # noqa: E402
 
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
-HEADER = ["model", "variant", "task score", "SQNR dB", "ms (1 thread)", "× float", "ms (2 threads)", "× float ",
+HEADER = ["model", "variant", "task score", "SQNR dB", "mean cosine", "ms (1 thread)", "× float", "ms (2 threads)", "× float ",
           "kernels (integer / float)", "activation quantizers", "KiB"]
 
 
@@ -81,11 +84,17 @@ def latencies(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int,
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
-def sqnr(path: str, arrays: dict[str, np.ndarray], reference: list[np.ndarray], batch: int = 16) -> float:
+def outputs(path: str, arrays: dict[str, np.ndarray], batch: int = 16) -> list[np.ndarray]:
     s = session(path, 0)
     n = len(next(iter(arrays.values())))
-    outs = [s.run(None, {k: v[i:i + batch] for k, v in arrays.items()}) for i in range(0, n, batch)]
-    return numerics.sqnr_db(reference, [np.concatenate([o[j] for o in outs]) for j in range(len(reference))])
+    chunks = [s.run(None, {k: v[i:i + batch] for k, v in arrays.items()}) for i in range(0, n, batch)]
+    return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+
+
+def mean_cosine(reference: np.ndarray, values: np.ndarray) -> float:
+    """Mean over samples of the cosine between a sample's first output and the float model's."""
+    a, b = reference.reshape(len(reference), -1).astype(np.float64), values.reshape(len(values), -1).astype(np.float64)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)))
 
 
 def activation_quantizers(path: str) -> int:
@@ -102,25 +111,31 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     notes = {}
     cache = os.path.join(folder, "cache")
     configs = {"onnxmp uniform W8A8": OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0)}
+    configs["onnxmp default"] = OptimizeConfig()
     configs.update({f"onnxmp budget {b:g}": OptimizeConfig(budget=b) for b in budgets})
     for name, config in configs.items():
         out = os.path.join(folder, name.replace(" ", "_") + ".onnx")
         start = time.perf_counter()
-        optimize(bench.model, out, OptimizeConfig(**{**config.__dict__, "calib": calib, "cache_dir": cache}))
+        try:
+            optimize(bench.model, out, dataclasses.replace(config, calib=calib, cache_dir=cache))
+        except BudgetTooLowError as exc:
+            notes[f"{bench.name}/{name}"] = str(exc)
+            continue
         print(f"{bench.name}: {name} in {time.perf_counter() - start:.0f} s", flush=True)
         paths[name] = out
     peer = os.path.join(folder, "peer.onnx")
-    notes[bench.name] = _quantize_peer(bench.model, arrays, peer)
+    peer_note = _quantize_peer(bench.model, arrays, peer)
+    if peer_note:
+        notes[bench.name] = peer_note
     paths["onnxruntime quantize_static W8A8"] = peer
-    s = session(bench.model, 0)
-    n = len(next(iter(arrays.values())))
-    chunks = [s.run(None, {k: v[i:i + 16] for k, v in arrays.items()}) for i in range(0, n, 16)]
-    reference = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    reference = outputs(bench.model, arrays)
     timed = {t: latencies(paths, feeds, t, runs) for t in threads}
     rows = []
     for name, path in paths.items():
-        quality = "float" if name == "float" else f"{sqnr(path, arrays, reference):.2f}"
-        cells = [bench.name, name, f"{bench.evaluate(path):.4f}", quality]
+        values = outputs(path, arrays)
+        quality = ["float", "1"] if name == "float" else [f"{numerics.sqnr_db(reference, values):.2f}",
+                                                          f"{mean_cosine(reference[0], values[0]):.4f}"]
+        cells = [bench.name, name, f"{bench.evaluate(path):.4f}", *quality]
         for t in (1, 2):
             if t in timed:
                 ms = timed[t][name]
@@ -130,13 +145,13 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
         cells += [kernels(path), str(activation_quantizers(path)), f"{os.path.getsize(path) / 1024:.0f}"]
         rows.append(cells)
         print(" | ".join(cells), flush=True)
-    return rows, {k: v for k, v in notes.items() if v}
+    return rows, notes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*")
-    parser.add_argument("--budgets", default="0.35,0.5")
+    parser.add_argument("--budgets", default="0.35,0.7", help="explicit budgets, besides the default one")
     parser.add_argument("--samples", type=int, default=None, help="calibrate on the first N samples only")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
