@@ -265,7 +265,8 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     timings, simulator, plan = analysis.timings, analysis.simulator, analysis.plan
     with _timed(timings, "phase2"):
         sizes = {t.name: int(np.prod(t.dims)) for t in analysis.model.graph.initializer}
-        costs = CostModel.build(plan, analysis.calibration, sizes, get_target(config.target).latency)
+        profile = get_target(config.target)
+        costs = CostModel.build(plan, analysis.calibration, sizes, profile.latency, _layer_times(analysis, config, profile))
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,
@@ -282,10 +283,12 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         greedy, config = _choose_for_budget(curve, config, table, group_cost)
         choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
                                                  group_cost)
+    if all(c.is_float for c in choice.assignment.values()):
+        logger.warning("no group is worth quantizing on --target %s within the budget (%s): the output is the "
+                       "float model", config.target, config.metric)
     with _timed(timings, "export"):
         qdq = _export(analysis, choice.assignment)
         shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
-    profile = get_target(config.target)
     qdq = _deployable(qdq, analysis.data, config)
     on_target = None
     if profile.verify is not None:
@@ -307,6 +310,19 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     if config.report_dir:
         write_report_dir(record, config.report_dir)
     return OptimizeResult(qdq, record)
+
+
+def _layer_times(analysis: Analysis, config: OptimizeConfig, profile) -> dict | None:
+    """Each weighted layer's measured time on the target (metric latency), from the cache or timed now."""
+    if config.metric != "latency" or profile.measure_latency is None or not analysis.plan.weighted_ops:
+        return None
+    cached = analysis.cache.load_json("latency.json")
+    if cached is not None and set(cached) == {op.node for op in analysis.plan.weighted_ops}:
+        return cached
+    with _timed(analysis.timings, "latency"):
+        times = profile.measure_latency(analysis.model, analysis.plan, analysis.data, analysis.params.float_weight)
+    analysis.cache.save_json("latency.json", times)
+    return times
 
 
 def _choose_for_budget(curve: ParetoCurve, config: OptimizeConfig, table: dict,

@@ -243,3 +243,46 @@ def test_qnn_htp_refuses_fp32_where_ort_runs_it():
 
     fp32 = Candidate.parse("FP32")
     assert get_target("ort").allows({"Conv"}, fp32) and not get_target("qnn-htp").allows({"Conv"}, fp32)
+
+
+def test_latency_probes_are_the_integer_kernels_placement_writes(tmp_path):
+    """Each layer's W8A8 probe is what onnxruntime runs as an integer kernel (so its time is
+    that kernel's), and the float probe a float op; the timing itself is not asserted (noisy)."""
+    from onnxmp.model.graph import GraphIndex
+    from onnxmp.quant.groups import _try_weighted_op
+    from onnxmp.targets.ort_latency import _layer_models
+
+    model = onnx.shape_inference.infer_shapes(_residual_cnn())
+    index = GraphIndex.build(model.graph)
+    rng = np.random.default_rng(0)
+    conv = next(n for n in model.graph.node if n.name == "conv1")
+    op = _try_weighted_op(conv, index)
+    weight = numpy_helper.to_array(index.initializers[op.weight])
+    float_model, q_model = _layer_models(conv, op, weight, rng.standard_normal(8).astype(np.float32),
+                                         rng.standard_normal((1, 8, 16, 16)).astype(np.float32))
+    for model_, kernel in ((float_model, "Conv"), (q_model, "QLinearConv")):
+        path = str(tmp_path / f"{kernel}.onnx")
+        onnx.save(model_, path)
+        assert optimized_ops(path, str(tmp_path))[kernel] == 1
+    mm = _sandwich(_silu)
+    mm_index = GraphIndex.build(mm.graph)
+    node = mm.graph.node[0]
+    op = _try_weighted_op(node, mm_index)
+    _, q_model = _layer_models(node, op, numpy_helper.to_array(mm_index.initializers["w1"]), None,
+                               rng.standard_normal((1, 8, D)).astype(np.float32))
+    onnx.save(q_model, str(tmp_path / "mm.onnx"))
+    assert optimized_ops(str(tmp_path / "mm.onnx"), str(tmp_path))["MatMulIntegerToFloat"] == 1
+
+
+def test_latency_cost_uses_each_layers_measured_ratio():
+    from onnxmp.quant.candidates import Candidate
+    from onnxmp.quant.cost import CostModel
+    from onnxmp.targets.ort import LATENCY
+
+    costs = CostModel(macs={0: 10, 1: 20}, weights={0: 1, 1: 1}, ops={0: (("a", "Conv", 10),), 1: (("b", "MatMul", 20),)},
+                      latency=LATENCY, layer_ms={"a": {"FP32": 2.0, "W8A8": 3.0}, "b": {"FP32": 1.0, "W8A8": 0.27}})
+    w8a8, fp32, w8a16 = Candidate(8, 8), Candidate.parse("FP32"), Candidate(8, 16)
+    assert costs.group_cost(0, w8a8, "latency") == 15.0  # 10 MACs at 1.5x float: slower in integer
+    assert costs.group_cost(0, fp32, "latency") == 10.0
+    assert costs.group_cost(1, w8a8, "latency") == pytest.approx(20 * 0.3)  # 0.27 rounded to a tenth
+    assert costs.group_cost(1, w8a16, "latency") == pytest.approx(20 * LATENCY.factor("MatMul", w8a16))

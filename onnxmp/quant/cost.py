@@ -17,16 +17,17 @@ from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 
 METRICS = ("bops", "memory", "latency")
-METRIC_HELP = ("bops: MACs x weight bits x activation bits; memory: weight bits; latency: MACs x the time per MAC "
-               "the target's runtime was measured to take for that op type at that candidate, relative to float "
-               "(targets with a latency table: ort)")
+METRIC_HELP = ("bops: MACs x weight bits x activation bits; memory: weight bits; latency: MACs x each layer's time "
+               "relative to float on the target's runtime, W8A8 measured layer by layer on this machine, other "
+               "candidates their op type's measured factor (targets: ort)")
 
 
 @dataclasses.dataclass(frozen=True)
 class LatencyTable:
     """Time per MAC of each weighted op type at each candidate, relative to the same op in float,
-    as measured on one runtime. ``factors[op_type][str(candidate)]``; candidates not listed take
-    ``factors[op_type]["quantized"]``; FP32 is 1 by definition."""
+    as measured on one runtime (used where a layer's own time was not measured):
+    ``factors[op_type][str(candidate)]``; candidates not listed take ``factors[op_type]["quantized"]``;
+    FP32 is 1 by definition."""
 
     factors: dict[str, dict[str, float]]
     source: str  # what measured it
@@ -44,25 +45,26 @@ class CostModel:
 
     macs: dict[int, int]  # group id -> MACs per sample of its weighted ops
     weights: dict[int, int]  # group id -> number of weights
-    ops: dict[int, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)  # (op type, MACs)
+    ops: dict[int, tuple[tuple[str, str, int], ...]] = dataclasses.field(default_factory=dict)  # (node, type, MACs)
     latency: LatencyTable | None = None
+    layer_ms: dict[str, dict[str, float]] | None = None  # node -> {"FP32": ms, "W8A8": ms}, measured
 
     @classmethod
     def build(cls, plan: QuantPlan, calibration: Calibration, weight_sizes: dict[str, int],
-              latency: LatencyTable | None = None) -> CostModel:
+              latency: LatencyTable | None = None, layer_ms: dict[str, dict[str, float]] | None = None) -> CostModel:
         group_of = plan.group_of_weight()
         macs = {g.gid: 0 for g in plan.groups}
         weights = {g.gid: 0 for g in plan.groups}
-        ops: dict[int, list[tuple[str, int]]] = {g.gid: [] for g in plan.groups}
+        ops: dict[int, list[tuple[str, str, int]]] = {g.gid: [] for g in plan.groups}
         counted: set[str] = set()
         for op in plan.weighted_ops:
             gid = group_of[op.weight]
             macs[gid] += calibration.macs[op.node]
-            ops[gid].append((op.op_type, calibration.macs[op.node]))
+            ops[gid].append((op.node, op.op_type, calibration.macs[op.node]))
             if op.weight not in counted:  # a shared weight is stored once
                 weights[gid] += weight_sizes[op.weight]
                 counted.add(op.weight)
-        return cls(macs, weights, {g: tuple(v) for g, v in ops.items()}, latency)
+        return cls(macs, weights, {g: tuple(v) for g, v in ops.items()}, latency, layer_ms)
 
     def group_cost(self, gid: int, cand: Candidate, metric: str) -> float:
         if metric == "bops":
@@ -72,8 +74,17 @@ class CostModel:
         if metric == "latency":
             if self.latency is None:
                 raise ConfigError("--metric latency needs a target whose runtime's latency was measured (--target ort)")
-            return float(sum(macs * self.latency.factor(op_type, cand) for op_type, macs in self.ops[gid]))
+            return float(sum(self._layer_time(node, op_type, macs, cand) for node, op_type, macs in self.ops[gid]))
         raise ConfigError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+
+    def _layer_time(self, node: str, op_type: str, macs: int, cand: Candidate) -> float:
+        """A layer's time at a candidate, in float-MAC units: its MACs times the candidate's time
+        relative to float, for W8A8 the ratio measured on the layer itself (rounded to a tenth,
+        so that timing noise rarely changes a choice), else its op type's factor."""
+        measured = (self.layer_ms or {}).get(node)
+        if measured is not None and not cand.is_float and str(cand) in measured:
+            return macs * round(measured[str(cand)] / max(measured["FP32"], 1e-9), 1)
+        return macs * self.latency.factor(op_type, cand)
 
     def total(self, assignment: Assignment, metric: str) -> float:
         return float(sum(self.group_cost(gid, cand, metric) for gid, cand in assignment.items()))

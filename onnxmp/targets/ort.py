@@ -20,12 +20,18 @@ So activation quantizers go on the activation inputs of Conv / MatMul / Gemm, on
 Conv and Gemm need quantized, and through the ops above while every input is quantized; every
 other tensor, and the inside of a LayerNorm, GELU, Softmax, SiLU or L2-norm decomposition,
 stays float (a QuantizeLinear/DequantizeLinear pair no kernel absorbs is pure overhead here).
+
+Since only W8A8 can be faster than float here, the default candidates are W8A8 and FP32 (a group
+left float), and the default cost is ``latency``: each layer's own time, float and W8A8, measured
+on this machine (``ort_latency``), because whether the integer kernel wins depends on the layer's
+shape (a small depthwise Conv can be slower in integer than in float).
 """
 
 from __future__ import annotations
 
 from onnxmp.quant.cost import LatencyTable
 from onnxmp.quant.groups import IntegerPlacement
+from onnxmp.targets.ort_latency import measure_layers
 from onnxmp.targets.profile import TargetProfile
 
 PLACEMENT = IntegerPlacement(
@@ -63,4 +69,5 @@ PROFILE = TargetProfile(
     default_candidates="W8A8,FP32",
     default_metric="latency",
     latency=LATENCY,
+    measure_latency=measure_layers,
 )

@@ -1,0 +1,128 @@
+"""Each weighted layer's time on onnxruntime CPU, float and as the W8A8 pattern placement writes,
+measured on this machine with the layer's own shapes: the ``latency`` metric of ``--target ort``.
+
+Whether an integer kernel is faster than float depends on the layer, not only on its op type: a
+64-channel 3x3 Conv on 56x56 takes 0.42 of its float time as QLinearConv, a small depthwise one
+can take longer than in float (``benchmarks/results/deploy.md``). So each layer is timed alone:
+its input (one sample, the shape it has in the model) through the layer in float, and through the
+layer as the export writes it at W8A8 (QuantizeLinear/DequantizeLinear on the input, an INT8
+per-channel weight and INT32 bias behind DequantizeLinear, the output quantized where its kernel
+needs it), one thread, interleaved runs, the median. The conversions at the layer's ends are in
+the W8A8 time: a layer between float ops pays them, and a chain of integer layers pays them once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmp.quant import numerics
+from onnxmp.quant.groups import QuantPlan, WeightedOp
+from onnxmp.runtime.data import CalibrationSet
+from onnxmp.runtime.session import make_session
+
+logger = logging.getLogger(__name__)
+
+RUNS = 15  # interleaved timed runs per layer and variant (after one warm-up run)
+_QUANTIZED_OUTPUT = frozenset({"Conv", "Gemm"})  # kernels that need their output quantized (targets/ort.py)
+
+
+def _layer_inputs(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> dict[str, np.ndarray]:
+    """Each weighted op's input activation for one sample, from one float run."""
+    feeds = next(data.feeds())
+    one = {k: v[:1] for k, v in feeds.items()} if data.batched else feeds
+    names = [n for n in dict.fromkeys(op.activation for op in plan.weighted_ops) if n not in one]
+    values = make_session(model, outputs=names).run(names, one) if names else []
+    return {**{k: v for k, v in one.items()}, **dict(zip(names, values, strict=True))}
+
+
+def _qdq(nodes: list, inits: list, x: str, name: str) -> str:
+    inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"{name}_s"),
+              helper.make_tensor(f"{name}_z", TensorProto.UINT8, [], [128])]
+    nodes += [helper.make_node("QuantizeLinear", [x, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+              helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"])]
+    return f"{name}_dq"
+
+
+def _layer_models(node: onnx.NodeProto, op: WeightedOp, weight: np.ndarray, bias: np.ndarray | None,
+                  x: np.ndarray) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The layer alone in float, and as placement writes it at W8A8."""
+    attrs = list(node.attribute)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    extra = ["b"] if bias is not None else []
+    f_inits = [numpy_helper.from_array(weight, "w"), *([numpy_helper.from_array(bias, "b")] if bias is not None else [])]
+    f_node = helper.make_node(op.op_type, ["x", "w", *extra], ["y"])
+    f_node.attribute.extend(attrs)
+    float_model = helper.make_model(helper.make_graph([f_node], "layer", [x_info], [out], f_inits),
+                                    opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    nodes, inits = [], []
+    xq = _qdq(nodes, inits, "x", "xa")
+    scale = numerics.weight_scales(weight, op.axis, 8)
+    ints = numerics.quantize_symmetric(weight, scale, op.axis, 8).astype(np.int8)
+    inits += [numpy_helper.from_array(ints, "wq"), numpy_helper.from_array(scale.astype(np.float32), "ws"),
+              numpy_helper.from_array(np.zeros(scale.shape, np.int8), "wz")]
+    nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wdq"], axis=op.axis))
+    q_inputs = [xq, "wdq"]
+    if bias is not None:
+        b_scale = (np.float32(0.05) * scale.reshape(-1)).astype(np.float32)
+        inits += [numpy_helper.from_array(np.round(bias / b_scale).astype(np.int32), "bq"),
+                  numpy_helper.from_array(b_scale, "bs"), numpy_helper.from_array(np.zeros(b_scale.shape, np.int32), "bz")]
+        nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bdq"], axis=0))
+        q_inputs.append("bdq")
+    q_node = helper.make_node(op.op_type, q_inputs, ["yf"])
+    q_node.attribute.extend(attrs)
+    nodes.append(q_node)
+    last = _qdq(nodes, inits, "yf", "ya") if op.op_type in _QUANTIZED_OUTPUT else "yf"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    q_model = helper.make_model(helper.make_graph(nodes, "layer", [x_info], [out], inits),
+                                opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    return float_model, q_model
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _median_ms(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    times: list[list[float]] = [[] for _ in sessions]
+    for s in sessions:
+        s.run(None, feeds)
+    for _ in range(runs):
+        for store, s in zip(times, sessions, strict=True):
+            start = time.perf_counter()
+            s.run(None, feeds)
+            store.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
+
+
+def measure_layers(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet, weights,
+                   runs: int = RUNS) -> dict[str, dict[str, float]]:
+    """Per weighted op (node name): {"FP32": ms, "W8A8": ms} on onnxruntime CPU, one thread.
+    ``weights(name)``: an initializer's float values. A layer whose W8A8 model onnxruntime
+    cannot run gets its float time for both (it would not be faster)."""
+    inputs = _layer_inputs(model, plan, data)
+    by_name = {n.name: n for n in model.graph.node}
+    times: dict[str, dict[str, float]] = {}
+    for op in plan.weighted_ops:
+        x = np.ascontiguousarray(inputs[op.activation], dtype=np.float32)
+        bias = weights(op.bias) if op.bias else None
+        float_model, q_model = _layer_models(by_name[op.node], op, weights(op.weight), bias, x)
+        sessions = [_session(float_model)]
+        try:
+            sessions.append(_session(q_model))
+        except Exception as exc:
+            logger.debug("W8A8 probe of %s does not load (%s)", op.node, exc)
+        ms = _median_ms(sessions, {"x": x}, runs)
+        times[op.node] = {"FP32": ms[0], "W8A8": ms[-1]}
+    faster = sum(t["W8A8"] < t["FP32"] for t in times.values())
+    logger.info("latency: %d of %d layers run faster at W8A8 than in float on this machine", faster, len(times))
+    return times
