@@ -75,3 +75,15 @@ def test_budget_fill_raises_groups_back_when_budget_is_left():
 def test_ladder_drops_equal_cost_candidates_for_weightless_groups():
     nsr = {(0, c): 1e-3 * (3 - i) for i, c in enumerate(CANDS)}
     assert group_ladder(0, CANDS, nsr, lambda g, c: 0.0) == [W8A16]
+
+
+def test_a_candidate_slower_and_less_precise_than_another_leaves_the_ladder():
+    """Under latency a layer may run slower at W8A8 than in float: W8A8 is then dominated by FP32
+    and the group's ladder is FP32 alone; under BOPs more bits always cost more, nothing leaves."""
+    from onnxmp.quant.candidates import Candidate
+    from onnxmp.search.pareto import group_ladder
+
+    w8a8, fp32 = Candidate(8, 8), Candidate.parse("FP32")
+    nsr = {(0, w8a8): 1e-3, (0, fp32): 1e-9}
+    assert group_ladder(0, (w8a8, fp32), nsr, lambda g, c: 1.5 if c == w8a8 else 1.0) == [fp32]
+    assert group_ladder(0, (w8a8, fp32), nsr, lambda g, c: 0.4 if c == w8a8 else 1.0) == [fp32, w8a8]
