@@ -20,7 +20,6 @@ import collections
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import onnx
@@ -30,6 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import git_state, markdown_table, write_result  # noqa: E402
+
+from onnxmp.targets.ort_latency import median_ms  # noqa: E402
 
 COMPUTE = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "MatMulNBits", "Conv", "FusedConv",
            "MatMul", "FusedMatMul", "Gemm", "ConvTranspose")
@@ -126,18 +127,6 @@ def optimized(model: onnx.ModelProto, threads: int = 1) -> tuple[ort.InferenceSe
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     return session, ops
-
-
-def median_ms(sessions: list[ort.InferenceSession], feeds: dict, runs: int) -> list[float]:
-    times = [[] for _ in sessions]
-    for s in sessions:
-        s.run(None, feeds)
-    for _ in range(runs):
-        for t, s in zip(times, sessions, strict=True):
-            start = time.perf_counter()
-            s.run(None, feeds)
-            t.append(time.perf_counter() - start)
-    return [1e3 * float(np.median(t)) for t in times]
 
 
 def main() -> None:

@@ -179,6 +179,12 @@ def _summary(record: dict, output: str) -> str:
                      f"target >= {target['threshold']:.4g}; {target['evaluations']} evaluations)")
     for name, point in record["uniform"].items():
         lines.append(f"  uniform {name}: cost {point['relative_cost']:.3f}, SQNR {point['sqnr_db']:.2f} dB")
+    latency = record.get("latency")
+    if latency:
+        ms = latency["ms"]
+        others = ", ".join(f"{name} {value:.3g} ms" for name, value in ms.items() if name != "output")
+        lines.append(f"  latency on {record['deployment_target']['name']} (1 thread, 1 sample): {ms['output']:.3g} ms, "
+                     f"{latency['vs_float']:.2f}x float ({others})")
     if record["cache"]["hit"]:
         lines.append(f"  Phase 1 reused from {record['cache']['folder']}")
     return "\n".join(lines)

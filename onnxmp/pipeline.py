@@ -290,6 +290,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         qdq = _export(analysis, choice.assignment)
         shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
     qdq = _deployable(qdq, analysis.data, config)
+    latency = _time_shipped(profile, qdq, analysis, config, timings)
     on_target = None
     if profile.verify is not None:
         with _timed(timings, "verify on target"):
@@ -298,7 +299,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
-        evaluations=simulator.evaluations, target=target_record, on_target=on_target,
+        evaluations=simulator.evaluations, target=target_record, on_target=on_target, latency=latency,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
         adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
                                                           "seconds_per_layer": analysis.rounding.seconds_per_layer},
@@ -441,6 +442,26 @@ def _make_evaluator(analysis: Analysis, config: OptimizeConfig) -> Evaluator:
     if config.eval_data is not None:
         return labels_evaluator(config.eval_data, analysis.model, opener, one_by_one)
     return agreement_evaluator(analysis.model, analysis.heldout, opener, one_by_one)
+
+
+def _time_shipped(profile, qdq: onnx.ModelProto, analysis: Analysis, config: OptimizeConfig,
+                  timings: dict[str, float]) -> dict | None:
+    """The output's time on the target's runtime against the float model and uniform W8A8 (one
+    sample, one thread, interleaved runs), with a warning when it is slower than float."""
+    if profile.time_models is None or is_large(analysis.model):
+        return None
+    models = {"float": analysis.model, "output": qdq}
+    w8a8 = Candidate(8, 8)
+    if w8a8 in config.candidates:
+        models["uniform W8A8"] = _deployable(_export(analysis, uniform_assignment(analysis.allowed, w8a8)),
+                                             analysis.data, config)
+    with _timed(timings, "latency of the output"):
+        ms = profile.time_models(models, analysis.data)
+    record = {"ms": ms, "vs_float": ms["output"] / ms["float"], "threads": 1, "samples_per_run": 1}
+    if record["vs_float"] > 1.0:
+        logger.warning("the output takes %.2fx the float model's time on %s here (one thread, one sample); "
+                       "nothing quantized runs faster than float at this budget", record["vs_float"], profile.name)
+    return record
 
 
 def _deployable(qdq: onnx.ModelProto, data: CalibrationSet, config: OptimizeConfig) -> onnx.ModelProto:

@@ -286,3 +286,14 @@ def test_latency_cost_uses_each_layers_measured_ratio():
     assert costs.group_cost(0, fp32, "latency") == 10.0
     assert costs.group_cost(1, w8a8, "latency") == pytest.approx(20 * 0.3)  # 0.27 rounded to a tenth
     assert costs.group_cost(1, w8a16, "latency") == pytest.approx(20 * LATENCY.factor("MatMul", w8a16))
+
+
+def test_the_record_times_the_output_against_float_and_uniform_w8a8(tmp_path):
+    path = str(tmp_path / "cnn.onnx")
+    onnx.save(_residual_cnn(), path)
+    np.savez(tmp_path / "calib.npz", x=np.abs(np.random.default_rng(4).standard_normal((8, 3, 16, 16))).astype(np.float32))
+    record = optimize(path, None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=None, metric="bops",
+                                                 budget=0.25)).record
+    latency = record["latency"]
+    assert set(latency["ms"]) == {"float", "output", "uniform W8A8"} and all(v > 0 for v in latency["ms"].values())
+    assert latency["vs_float"] == pytest.approx(latency["ms"]["output"] / latency["ms"]["float"])

@@ -27,7 +27,7 @@ def _group_entry(group, cand, costs) -> dict:
 
 def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, curve, choice, chosen_nsr,
                  measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround,
-                 on_target=None) -> dict:
+                 on_target=None, latency=None) -> dict:
     """Everything a user needs to trust (or question) the result, as plain JSON types."""
     assignment = choice.assignment
     baseline_cost = curve.points[0].cost or 1.0
@@ -74,6 +74,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
                    "simulator_evaluations": evaluations},
         "target": target,
         "deployment_target": {"name": config.target, "fixed_dims": config.fix_dims, "verification": on_target},
+        "latency": latency,  # the output, the float model and uniform W8A8 timed on the target's runtime
         "adaround": adaround,
         "cache": cache,
         "timings_s": timings,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from onnxmp.quant.cost import LatencyTable
 from onnxmp.quant.groups import IntegerPlacement
-from onnxmp.targets.ort_latency import measure_layers
+from onnxmp.targets.ort_latency import compare_models, measure_layers
 from onnxmp.targets.profile import TargetProfile
 
 PLACEMENT = IntegerPlacement(
@@ -70,4 +70,5 @@ PROFILE = TargetProfile(
     default_metric="latency",
     latency=LATENCY,
     measure_latency=measure_layers,
+    time_models=compare_models,
 )

@@ -42,6 +42,8 @@ class TargetProfile:
     latency: LatencyTable | None = None  # measured time per MAC of each op type and candidate (metric latency)
     # (model, plan, data, weights) -> {node: {"FP32": ms, "W8A8": ms}}: each layer timed on this machine
     measure_latency: Callable | None = None
+    # ({name: model}, data) -> {name: ms}: whole models timed on the target's runtime (what ships)
+    time_models: Callable | None = None
     runs_float: bool = True  # a layer left float (FP32) runs there (on HTP it would fall back to the CPU)
     range_margin: float = 0.0  # activation ranges widened by this fraction of their width at non-zero ends
     rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
