@@ -328,16 +328,18 @@ def _layer_times(analysis: Analysis, config: OptimizeConfig, profile) -> dict | 
 
 def _choose_for_budget(curve: ParetoCurve, config: OptimizeConfig, table: dict,
                        group_cost) -> tuple[Choice, OptimizeConfig]:
-    """The budget's choice, and the config with the budget used; where no budget was given and
-    the default one is below what the target can run (on ort, a model of Gemms: their W8A8
-    kernel takes 0.64 of float's time), the cheapest assignment, with a warning."""
+    """The budget's choice, and the config with the budget used. Where the budget is below what
+    the target can run, the cheapest assignment, with a warning, when no budget was given or the
+    metric is measured on this machine (latency: how low a model can go depends on its kernels
+    here, so the same command must not fail on one machine and pass on another); else an error."""
     try:
         return choose_for_budget(curve, config.budget, table, group_cost), config
     except BudgetTooLowError as exc:
-        if not config.budget_is_default:
+        if not (config.budget_is_default or config.metric == "latency"):
             raise
-        logger.warning("the default budget %g is below the cheapest assignment on --target %s (%.3f of the "
-                       "baseline's %s); taking the cheapest", config.budget, config.target, exc.cheapest, config.metric)
+        where = " on this machine" if config.metric == "latency" else ""
+        logger.warning("the budget %g is below the cheapest assignment on --target %s (%.3f of the most precise "
+                       "one's %s%s); taking the cheapest", config.budget, config.target, exc.cheapest, config.metric, where)
         config = dataclasses.replace(config, budget=exc.cheapest)
         return choose_for_budget(curve, exc.cheapest, table, group_cost), config
 

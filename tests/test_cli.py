@@ -89,7 +89,7 @@ def test_unwritable_output(cnn_path, tmp_path, capsys):
     (["--candidates", "W3A8"], "unsupported candidate"),
     (["--candidates", "8bit"], "unknown candidate"),
     (["--budget", "0"], "--budget must be in (0, 1]"),
-    (["--budget", "0.01"], "below the cheapest"),
+    (["--budget", "0.01", "--metric", "bops"], "below the cheapest"),  # latency takes the cheapest instead
 ])
 def test_bad_options(cnn_path, tmp_path, capsys, option, message):
     _fails(capsys, _args(cnn_path, tmp_path / "o.onnx", *option), message)
@@ -108,3 +108,12 @@ def test_finetune_without_training_environment_is_one_clear_error(cnn_path, tmp_
     assert not (tmp_path / "ft.onnx").exists()
     assert main(["finetune", str(quantized)]) == 1  # missing arguments
     assert "needs QUANTIZED FLOAT OUTPUT" in capsys.readouterr().err
+
+
+def test_a_budget_below_what_this_machine_can_run_takes_the_cheapest_under_latency(cnn_path, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["optimize", str(cnn_path), str(tmp_path / "o.onnx"), "--no-cache", "--budget", "0.01",
+                 "--report", str(report)]) == 0
+    assert "below the cheapest assignment" in capsys.readouterr().err
+    record = json.loads(report.read_text())
+    assert record["options"]["budget"] == pytest.approx(record["pareto_curve"][-1]["relative_cost"])
