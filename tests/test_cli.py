@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -117,3 +119,18 @@ def test_a_budget_below_what_this_machine_can_run_takes_the_cheapest_under_laten
     assert any("below the cheapest assignment" in r.getMessage() for r in caplog.records)
     record = json.loads(report.read_text())
     assert record["options"]["budget"] == pytest.approx(record["pareto_curve"][-1]["relative_cost"])
+
+
+def test_written_files_get_the_umask_permissions(cnn_path, tmp_path):
+    """Not the 0600 of a temporary file: a model copied to a device or served from another
+    account must be readable like any file the user makes."""
+    old = os.umask(0o022)
+    try:
+        out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+        assert main(["optimize", str(cnn_path), str(out), "-q", "--no-cache", "--report", str(report)]) == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 and stat.S_IMODE(os.stat(report).st_mode) == 0o644
+        os.umask(0o077)
+        assert main(["optimize", str(cnn_path), str(out), "-q", "--no-cache"]) == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -1,4 +1,6 @@
-"""Atomic output: a failed or interrupted run never leaves a half-written file."""
+"""Atomic output: a failed or interrupted run never leaves a half-written file, and a written
+file gets the permissions the user's umask gives (as any file they create), not the 0600 of a
+temporary file."""
 
 from __future__ import annotations
 
@@ -33,12 +35,23 @@ def _atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    """The process's umask: from /proc where Linux shows it, else by setting it and straight back
+    (which another thread could see for an instant)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str, writer: Callable[[str], None]) -> None:
