@@ -29,7 +29,7 @@ from onnxmp.quant import numerics
 from onnxmp.quant.calibrate import Calibration, calibrate
 from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
-from onnxmp.quant.groups import QUANTIZED_OPS, IntegerPlacement, QuantPlan, find_quantizers
+from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
 from onnxmp.quant.params import QuantParams
 from onnxmp.rounding.adaround import AdaRoundConfig
 from onnxmp.rounding.apply import RoundingReport, adaround_bits, apply_adaround
@@ -179,7 +179,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             model = profile.rewrite(model)
         data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
         quantized_ops = QUANTIZED_OPS | profile.extra_quantized_ops
-        plan = find_quantizers(model, quantized_ops=quantized_ops, integer=profile.placement)
+        plan = find_quantizers(model, quantized_ops=quantized_ops, integer=profile.placement, float_units=profile.float_units)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
@@ -191,7 +191,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     with _timed(timings, "calibrate"):
         reuse = cached is not None and arrays is not None
         calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
-        plan = _keep_non_finite_float(model, plan, calibration, quantized_ops, profile.placement)
+        plan = _keep_non_finite_float(model, plan, calibration, quantized_ops, profile)
         allowed = profile.group_candidates(plan, config.candidates, model)
         hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
@@ -220,7 +220,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
 
 
 def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
-                           quantized_ops: frozenset[str], placement: IntegerPlacement | None) -> QuantPlan:
+                           quantized_ops: frozenset[str], profile) -> QuantPlan:
     """The plan without the activations that hold NaN or Inf on the calibration data (an
     attention mask of -inf): no scale can represent them, so they stay float."""
     if not calibration.non_finite:
@@ -229,7 +229,7 @@ def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration:
                 len(calibration.non_finite), ", ".join(calibration.non_finite[:5]))
     try:
         return find_quantizers(model, dict.fromkeys(calibration.non_finite, "NaN or Inf on the calibration data"),
-                               quantized_ops, placement)
+                               quantized_ops, profile.placement, profile.float_units)
     except NothingToQuantizeError as exc:
         raise ModelError(f"the float model computes NaN or Inf at {calibration.non_finite[0]!r} and every other "
                          "tensor onnxmp could quantize, on the calibration data; check the model and the scale "

@@ -39,8 +39,10 @@ def _matmul_model(tmp_path, rng, softmax: bool = False, samples: int = 16, candi
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
     x = rng.standard_normal((samples, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
+    # every tensor quantized (generic): the LSQ graph then has a step size on the output too
     optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates(candidates), budget=1.0,
-                                                                 cache_dir=None, calib=str(tmp_path / "calib.npz")))
+                                                                 cache_dir=None, calib=str(tmp_path / "calib.npz"),
+                                                                 target="generic"))
     return path, x, w
 
 
@@ -104,7 +106,8 @@ def test_finetune_moves_parameters_lowers_loss_and_writes_a_qdq_model(tmp_path):
     out = tmp_path / "lsq.onnx"
     progress = []
     optimize("models/digits/digits_cnn.onnx", str(tmp_path / "q.onnx"),
-             OptimizeConfig(candidates=parse_candidates("W4A8"), budget=1.0, cache_dir=None, adaround="off"))
+             OptimizeConfig(candidates=parse_candidates("W4A8"), budget=1.0, cache_dir=None, adaround="off",
+                            target="generic"))
     test = np.load("models/digits/test.npz")
     np.savez(tmp_path / "train.npz", input=test["input"][:256], labels=test["labels"][:256])
     record = finetune(str(tmp_path / "q.onnx"), "models/digits/digits_cnn.onnx", str(out), str(tmp_path / "train.npz"),

@@ -297,3 +297,15 @@ def test_the_record_times_the_output_against_float_and_uniform_w8a8(tmp_path):
     latency = record["latency"]
     assert set(latency["ms"]) == {"float", "output", "uniform W8A8"} and all(v > 0 for v in latency["ms"].values())
     assert latency["vs_float"] == pytest.approx(latency["ms"]["output"] / latency["ms"]["float"])
+
+
+def test_openvino_quantizes_around_ops_but_keeps_units_float():
+    from onnxmp.targets import get_target
+
+    model = onnx.shape_inference.infer_shapes(_sandwich(_gelu_erf))
+    profile = get_target("openvino")
+    plan = find_quantizers(model, quantized_ops=frozenset({"MatMul", "Mul", "Add", "Div", "Erf"}),
+                           integer=profile.placement, float_units=profile.float_units)
+    assert set(plan.activations) == {"x", "h", "u", "y"}  # the MatMuls' inputs and outputs, nothing inside
+    everything = find_quantizers(model, quantized_ops=frozenset({"MatMul", "Mul", "Add", "Div", "Erf"}))
+    assert {"xs", "e", "e1", "xe"} <= set(everything.activations)

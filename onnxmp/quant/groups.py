@@ -191,18 +191,28 @@ def constant_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     return constant - set(index.initializers)
 
 
-def _activation_candidates(graph: onnx.GraphProto, index: GraphIndex, keep_float: Mapping[str, str],
-                           quantized_ops: frozenset[str]) -> tuple[list[str], list[Skip]]:
-    """Float tensors read or written by quantized ops, in graph order, and those skipped."""
+def _unit_skips(units: list, why: str) -> list[Skip]:
+    return [Skip(t, f"inside a {u.kind} ({u.nodes[0]} .. {u.nodes[-1]}): {why}") for u in units for t in u.tensors
+            if t != u.exit]
+
+
+def _activation_candidates(model: onnx.ModelProto, index: GraphIndex, keep_float: Mapping[str, str],
+                           quantized_ops: frozenset[str], float_units: bool = False) -> tuple[list[str], list[Skip]]:
+    """Float tensors read or written by quantized ops, in graph order, and those skipped;
+    ``float_units``: the ops inside recognised decompositions are not quantized."""
+    graph = model.graph
     chosen: dict[str, None] = {}
     skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
     constant = constant_tensors(graph, index)
+    units = find_units(model, constant) if float_units else []
+    unit_nodes = {name for u in units for name in u.nodes}
+    skips += _unit_skips(units, "kept float on this target")
     fused = {node.output[0] for node in graph.node
              if isinstance(_try_weighted_op(node, index), WeightedOp) and _is_fused_output(node.output[0], index)}
     for name in sorted(fused):
         skips.append(Skip(name, f"output of {index.producers[name].name} fused into the following activation"))
     for node in graph.node:
-        if node.op_type not in quantized_ops:
+        if node.op_type not in quantized_ops or node.name in unit_nodes:
             continue
         weighted = _try_weighted_op(node, index)
         weight, bias = (weighted.weight, weighted.bias) if isinstance(weighted, WeightedOp) else (None, None)
@@ -232,8 +242,7 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
     units = find_units(model, constant) if placement.float_units else []
     in_unit = {name: unit for unit in units for name in unit.nodes}
     skips = [Skip(name, reason) for name, reason in keep_float.items()]
-    skips += [Skip(t, f"inside a {u.kind} ({u.nodes[0]} .. {u.nodes[-1]}): kept float between integer kernels")
-              for u in units for t in u.tensors if t != u.exit]
+    skips += _unit_skips(units, "kept float between integer kernels")
     chosen: dict[str, None] = {}
     coupled: list[tuple[str, str]] = []
 
@@ -269,16 +278,18 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
 
 
 def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
-                    quantized_ops: frozenset[str] = QUANTIZED_OPS, integer: IntegerPlacement | None = None) -> QuantPlan:
+                    quantized_ops: frozenset[str] = QUANTIZED_OPS, integer: IntegerPlacement | None = None,
+                    float_units: bool = False) -> QuantPlan:
     """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
     ``keep_float`` maps tensors that must stay float to the reason why; ``quantized_ops``: the
     op types whose float inputs and outputs are quantized (a target may need more); ``integer``:
-    instead, quantize only where the target computes in integer."""
+    instead, quantize only where the target computes in integer; ``float_units``: around every
+    quantized op but inside recognised decompositions (LayerNorm, GELU, ...)."""
     graph = model.graph
     index = GraphIndex.build(graph)
     coupled: list[tuple[str, str]] = []
     if integer is None:
-        activations, skips = _activation_candidates(graph, index, keep_float or {}, quantized_ops)
+        activations, skips = _activation_candidates(model, index, keep_float or {}, quantized_ops, float_units)
     else:
         activations, skips, coupled = _integer_activations(model, index, keep_float or {}, integer)
     quantized = set(activations)

@@ -128,6 +128,9 @@ PROFILE = TargetProfile(
     activation_bits=frozenset({8}),
     weight_bits={"Gemm": frozenset({4, 8}), "MatMul": frozenset({4, 8})},
     default_candidates="W4A8,W8A8",
+    # LayerNorm, GELU, Softmax, ... decompositions stay float, as NNCF leaves them for this runtime
+    # (8-bit quantizers inside a LayerNorm's variance or a GELU break transformers)
+    float_units=True,
     extra="openvino",
     verify=verify,
     open_session=OpenVinoSession,

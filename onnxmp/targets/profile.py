@@ -38,6 +38,7 @@ class TargetProfile:
     # where activation quantizers go: None, around every op of QUANTIZED_OPS (an accelerator that runs
     # the whole graph in integer); else only where the runtime computes in integer
     placement: IntegerPlacement | None = None
+    float_units: bool = False  # with placement None: recognised decompositions (LayerNorm, GELU, ...) stay float
     default_metric: str = "bops"  # the cost metric that tracks what the target pays
     latency: LatencyTable | None = None  # measured time per MAC of each op type and candidate (metric latency)
     # (model, plan, data, weights) -> {node: {"FP32": ms, "W8A8": ms}}: each layer timed on this machine
