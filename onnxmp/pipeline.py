@@ -31,6 +31,7 @@ from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
 from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
 from onnxmp.quant.params import QuantParams
+from onnxmp.quant.smoothing import smooth_matmul_inputs
 from onnxmp.rounding.adaround import AdaRoundConfig
 from onnxmp.rounding.apply import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.runtime.cache import ResultsCache, cache_key
@@ -178,6 +179,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         if profile.rewrite is not None:
             model = profile.rewrite(model)
         data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
+        if profile.smooth_quant:
+            model, _ = smooth_matmul_inputs(model, data)
         quantized_ops = QUANTIZED_OPS | profile.extra_quantized_ops
         plan = find_quantizers(model, quantized_ops=quantized_ops, integer=profile.placement, float_units=profile.float_units)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",

@@ -71,4 +71,5 @@ PROFILE = TargetProfile(
     latency=LATENCY,
     measure_latency=measure_layers,
     time_models=compare_models,
+    smooth_quant=True,
 )

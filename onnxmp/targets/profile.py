@@ -38,6 +38,7 @@ class TargetProfile:
     # where activation quantizers go: None, around every op of QUANTIZED_OPS (an accelerator that runs
     # the whole graph in integer); else only where the runtime computes in integer
     placement: IntegerPlacement | None = None
+    smooth_quant: bool = False  # SmoothQuant the inputs of MatMuls with constant weights before quantizing
     float_units: bool = False  # with placement None: recognised decompositions (LayerNorm, GELU, ...) stay float
     default_metric: str = "bops"  # the cost metric that tracks what the target pays
     latency: LatencyTable | None = None  # measured time per MAC of each op type and candidate (metric latency)
