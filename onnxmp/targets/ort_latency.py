@@ -34,11 +34,16 @@ _QUANTIZED_OUTPUT = frozenset({"Conv", "Gemm"})  # kernels that need their outpu
 
 def _layer_inputs(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> dict[str, np.ndarray]:
     """Each weighted op's input activation for one sample, from one float run."""
-    feeds = next(data.feeds())
-    one = {k: v[:1] for k, v in feeds.items()} if data.batched else feeds
+    one = _one_sample(data)
     names = [n for n in dict.fromkeys(op.activation for op in plan.weighted_ops) if n not in one]
     values = make_session(model, outputs=names).run(names, one) if names else []
-    return {**{k: v for k, v in one.items()}, **dict(zip(names, values, strict=True))}
+    return {**one, **dict(zip(names, values, strict=True))}
+
+
+def _one_sample(data: CalibrationSet) -> dict[str, np.ndarray]:
+    """The first calibration feed, cut to one sample where the data is batched (batch axis kept)."""
+    feeds = next(data.feeds())
+    return {k: v[:1] for k, v in feeds.items()} if data.batched else feeds
 
 
 def _qdq(nodes: list, inits: list, x: str, name: str) -> str:
@@ -134,12 +139,5 @@ def measure_layers(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet
 def compare_models(models: dict[str, onnx.ModelProto], data: CalibrationSet, runs: int = 20) -> dict[str, float]:
     """Median milliseconds of one sample through each whole model (one thread, interleaved), as
     the output is deployed: the measurement of what ships, beside the per-layer estimate."""
-    feeds = next(data.feeds())
-    one = {k: v[:1] for k, v in feeds.items()} if data.batched else feeds
-    sessions = {}
-    for name, model in models.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return dict(zip(sessions, median_ms(list(sessions.values()), one, runs), strict=True))
+    sessions = {name: _session(model) for name, model in models.items()}
+    return dict(zip(sessions, median_ms(list(sessions.values()), _one_sample(data), runs), strict=True))
