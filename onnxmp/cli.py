@@ -6,10 +6,16 @@ User errors (``OnnxmpError``) print one line on stderr and exit 1; nothing is le
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
+import time
 import traceback
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import onnxmp
 from onnxmp.errors import ConfigError, OnnxmpError
@@ -143,21 +149,63 @@ def _finetune(args: argparse.Namespace) -> None:
               f"job kept in {record['workdir']})")
 
 
-class _ProgressLine:
-    """One updating progress line on stderr when it is a terminal, sparse lines otherwise."""
+class ProgressDisplay:
+    """Progress of the pipeline's stages on stderr: on a terminal one live tqdm line per stage
+    (done/total, rate, time left); in a pipe or a log a line when a stage ends and, in a long
+    one, at every tenth, so a log shows the pace without a carriage-return mess."""
 
-    def __init__(self, enabled: bool) -> None:
+    QUIET_S = 5.0  # in a pipe, at most one line per this many seconds within a stage
+
+    def __init__(self, enabled: bool, stream=None, tty: bool | None = None) -> None:
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.stage: str | None = None
+        self.bar: tqdm | None = None
+        self.started = self.last = 0.0
+        self.shown = 0
 
     def __call__(self, stage: str, done: int, total: int, detail: str) -> None:
         if not self.enabled:
             return
-        if self.tty:
-            end = "\n" if done == total else ""
-            print(f"\r{stage}: {done}/{total} {detail[:60]:<60}", end=end, file=sys.stderr, flush=True)
-        elif done == total or done % max(total // 10, 1) == 0:
-            print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started, self.shown = stage, time.perf_counter(), 0
+            self.last = self.started
+            if self.tty:
+                size = shutil.get_terminal_size((100, 24))  # a pty that says 0x0 would hide the bar
+                self.bar = tqdm(total=total, desc=stage, file=self.stream, leave=True,
+                                ncols=size.columns, nrows=size.lines,
+                                bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.set_postfix_str(detail[:40], refresh=False)
+            self.bar.update(done - self.bar.n)
+            if done >= total:
+                self.close()
+            return
+        now = time.perf_counter()
+        tenth = max(total // 10, 1)
+        if done >= total or (done // tenth > self.shown // tenth and now - self.last >= self.QUIET_S):
+            self.shown, self.last = done, now
+            meter = tqdm.format_meter(done, total, now - self.started, prefix=stage,
+                                      bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+            print(meter, file=self.stream, flush=True)
+            if done >= total:
+                self.stage = None
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the live line (a stage cut short by an error leaves it where it stopped)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.stage = None
 
 
 def _summary(record: dict, output: str) -> str:
@@ -223,18 +271,27 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="onnxmp: %(levelname)s: %(message)s")
-    progress = _ProgressLine(not args.quiet)
+    progress = ProgressDisplay(not args.quiet)
+    with logging_redirect_tqdm() if progress.tty else contextlib.nullcontext():  # log lines above the live bar
+        return _run(args, progress)
+
+
+def _run(args: argparse.Namespace, progress: ProgressDisplay) -> int:
+    """The command itself, with the one-line error handling the CLI promises."""
     try:
         if args.command == "finetune":
             _finetune(args)
             return 0
         config = _config(args)
         if args.command == "optimize":
-            result = optimize(args.input, args.output, config, progress=progress)
+            with progress:
+                result = optimize(args.input, args.output, config, progress=progress)
             if not args.quiet:
                 print(_summary(result.record, args.output))
         else:
-            print(_sensitivity_table(analyze(args.input, config, progress=progress), args.top))
+            with progress:
+                analysis = analyze(args.input, config, progress=progress)
+            print(_sensitivity_table(analysis, args.top))
     except OnnxmpError as exc:  # one line, even where the message quotes a multi-line one from onnx
         print("onnxmp: error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
               file=sys.stderr)

@@ -193,7 +193,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     arrays = cache.load_arrays("calibration.npz")
     with _timed(timings, "calibrate"):
         reuse = cached is not None and arrays is not None
-        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(model, plan, data)
+        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(
+            model, plan, data, _stage_progress(progress, "calibrate"))
         plan = _keep_non_finite_float(model, plan, calibration, quantized_ops, profile)
         allowed = profile.group_candidates(plan, config.candidates, model)
         hit = reuse and cached.get("groups") == len(plan.groups)

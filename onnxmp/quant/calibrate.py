@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -92,9 +93,13 @@ def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[s
         yield (len(first) if data.batched else 1), values
 
 
-def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> Calibration:
+def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
+              progress: Callable[[int, int, str], None] | None = None) -> Calibration:
     """Collect activation statistics and MACs with two float passes over ``data``. Activations
-    that hold NaN or Inf (an attention mask of -inf) get no statistics and are listed instead."""
+    that hold NaN or Inf (an attention mask of -inf) get no statistics and are listed instead.
+    ``progress(done, total, detail)`` hears of every model run."""
+    total = 2 * data.num_feeds
+    tick = (lambda done, what: progress(done, total, what)) if progress else (lambda done, what: None)
     names = list(plan.activations)
     out_of = {op.node: op.macs_tensor for op in plan.weighted_ops}
     watched = list(dict.fromkeys(names + list(out_of.values())))
@@ -103,7 +108,8 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
     out_elems: dict[str, int] = {}
     non_finite: set[str] = set()
     samples = 0
-    for count, values in _observed_values(model, data, watched):
+    for run, (count, values) in enumerate(_observed_values(model, data, watched), 1):
+        tick(run, "ranges")
         samples += count
         for name in names:
             arr = values[name]
@@ -118,7 +124,8 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> 
              if np.isfinite(lo[n]) and n not in non_finite}
     hists = {n: np.zeros(HIST_BINS, np.int64) for n in edges}
     zeros = dict.fromkeys(edges, 0)
-    for _, values in _observed_values(model, data, list(edges)):
+    for run, (_, values) in enumerate(_observed_values(model, data, list(edges)), 1):
+        tick(data.num_feeds + run, "histograms")
         for name in edges:
             hists[name] += np.histogram(values[name], bins=edges[name])[0]
             zeros[name] += int(np.count_nonzero(values[name] == 0))

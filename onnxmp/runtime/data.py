@@ -51,6 +51,11 @@ class CalibrationSet:
     def num_samples(self) -> int:
         return len(next(iter(self.arrays.values())))
 
+    @property
+    def num_feeds(self) -> int:
+        """How many model runs ``feeds`` makes (for progress)."""
+        return -(-self.num_samples // self.batch) if self.batched else self.num_samples
+
     def feeds(self) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for one model run each, covering every sample once, in order."""
         n = self.num_samples
