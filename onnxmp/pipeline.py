@@ -20,7 +20,7 @@ import onnx
 
 from onnxmp._version import __version__
 from onnxmp.errors import BudgetTooLowError, ConfigError, ModelError, NothingToQuantizeError
-from onnxmp.model.files import check_writable, save_json, save_model
+from onnxmp.model.files import check_writable, model_file_bytes, save_json, save_model
 from onnxmp.model.large import is_large, save_with_external_data
 from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import dequantize_constant_operands, export_qdq
@@ -310,6 +310,8 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     )
     if output_path:
         save_model(qdq, output_path)
+        record["files"] = {"output": output_path, "output_bytes": model_file_bytes(output_path),
+                           "input_bytes": model_file_bytes(input_path)}
     if config.report:
         save_json(record, config.report)
     if config.report_dir:

@@ -70,6 +70,27 @@ def save_model(model: onnx.ModelProto, path: str) -> None:
         save_with_external_data(model, tmp_model, tmp_data, os.path.basename(data))
 
 
+def model_file_bytes(path: str) -> int:
+    """Bytes on disk of an ONNX file and the external-data files its tensors name: what a user
+    copies to the device."""
+    model = onnx.load(path, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    locations = {entry.value for tensor in _all_tensors(model.graph)
+                 for entry in tensor.external_data if entry.key == "location"}
+    return os.path.getsize(path) + sum(os.path.getsize(os.path.join(folder, loc)) for loc in locations
+                                       if os.path.isfile(os.path.join(folder, loc)))
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _all_tensors(sub)
+
+
 def save_json(record: dict, path: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:

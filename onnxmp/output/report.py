@@ -1,4 +1,4 @@
-"""What a run tells its user: the JSON record, a plot of the Pareto curve and a Markdown summary."""
+"""What a run tells its user: the JSON record, an HTML page, a Markdown summary and (optionally) a PNG plot."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 
 from onnxmp._version import __version__
 from onnxmp.model.files import save_json, write_atomic
+from onnxmp.output.html import report_html
 from onnxmp.quant import numerics
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
             {"step": p.step, "cost": p.cost, "relative_cost": p.relative_cost,
              "estimated_sqnr_db": numerics.nsr_to_db(p.est_nsr),
              "measured_sqnr_db": numerics.nsr_to_db(measured[p.step]) if p.step in measured else None,
-             "moved": None if p.moved is None else {"group": p.moved[0], "from": str(p.moved[1]), "to": str(p.moved[2])}}
-            for p in curve.points
+             "moved": None if p.moved is None else {"group": p.moved[0], "from": str(p.moved[1]), "to": str(p.moved[2])},
+             "mix": mix}
+            for p, mix in zip(curve.points, _curve_mixes(curve), strict=True)
         ],
         "skipped": [{"name": s.name, "reason": s.reason} for s in plan.skips],
         "counts": {"groups": len(plan.groups), "activation_quantizers": len(plan.activations),
@@ -78,7 +80,23 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
         "adaround": adaround,
         "cache": cache,
         "timings_s": timings,
+        "files": None,  # the written output's and the input's bytes on disk, once written
     }
+
+
+def _curve_mixes(curve) -> list[dict[str, int]]:
+    """The mix at every curve point, replaying the moves once (not once per point)."""
+    counts: dict[str, int] = {}
+    for cand in curve.start.values():
+        counts[str(cand)] = counts.get(str(cand), 0) + 1
+    mixes = []
+    for point in curve.points:
+        if point.moved is not None:
+            _, old, new = point.moved
+            counts[str(old)] -= 1
+            counts[str(new)] = counts.get(str(new), 0) + 1
+        mixes.append({c: n for c, n in sorted(counts.items()) if n})
+    return mixes
 
 
 def _mix(assignment) -> dict[str, int]:
@@ -90,16 +108,21 @@ def _mix(assignment) -> dict[str, int]:
 
 
 def write_report_dir(record: dict, folder: str) -> None:
-    """report.json, pareto.png (when matplotlib is installed) and summary.md in ``folder``."""
+    """report.json, report.html (self-contained), summary.md and, where matplotlib is installed
+    (the ``report`` extra), pareto.png in ``folder``."""
     os.makedirs(folder, exist_ok=True)
     save_json(record, os.path.join(folder, "report.json"))
+    _write_text(os.path.join(folder, "report.html"), report_html(record))
     plotted = plot_pareto(record, os.path.join(folder, "pareto.png"))
-    text = summary_markdown(record, "pareto.png" if plotted else None)
+    _write_text(os.path.join(folder, "summary.md"), summary_markdown(record, "pareto.png" if plotted else None))
+
+
+def _write_text(path: str, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    write_atomic(os.path.join(folder, "summary.md"), write)
+    write_atomic(path, write)
 
 
 def plot_pareto(record: dict, path: str) -> bool:
@@ -110,7 +133,8 @@ def plot_pareto(record: dict, path: str) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed: no plot written (pip install 'onnxmp[report]')")
+        logger.info("matplotlib is not installed: no pareto.png (report.html has the plot; pip install 'onnxmp[report]' "
+                    "for the PNG)")
         return False
     curve = record["pareto_curve"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -154,6 +178,7 @@ def summary_markdown(record: dict, plot: str | None) -> str:
                      f"(threshold {t['threshold']:.4g}), {t['evaluations']} real evaluations")
     lines += ["", "| uniform | cost | SQNR dB |", "|---|---|---|"]
     lines += [f"| {n} | {u['relative_cost']:.3f} | {u['sqnr_db']:.2f} |" for n, u in record["uniform"].items()]
+    lines += ["", "The whole report, with the Pareto curve: report.html."]
     if plot:
         lines += ["", f"![Pareto curve]({plot})"]
     lines += ["", "## Bit-width per group", "", "| group | candidate | nodes | MACs | weights |", "|---|---|---|---|---|"]
