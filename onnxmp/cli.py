@@ -21,7 +21,7 @@ import onnxmp
 from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.model.files import check_writable
-from onnxmp.pipeline import OptimizeConfig, analyze, optimize
+from onnxmp.pipeline import Inspection, OptimizeConfig, analyze, inspect_model, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.quant.cost import METRIC_HELP, METRICS
@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--eval-on-target", action="store_true",
                      help="with --target-drop: score candidates on the --target's runtime (built-in evaluators)")
     opt.add_argument("--report", help="write the JSON record of the run here")
+    opt.add_argument("--dry-run", action="store_true",
+                     help="print the groups, the candidates each may take on the --target, their MACs and weights, and "
+                          "every tensor kept float with its reason, in seconds; calibrate nothing, write nothing")
     opt.add_argument("--report-dir", help="write report.json, pareto.png and summary.md into this folder")
     _common(opt)
     ana = sub.add_parser("analyze", help="Phase 1 only: print the sensitivity list, most sensitive first")
@@ -252,6 +255,34 @@ def _sensitivity_table(analysis, top: int) -> str:
     return "\n".join(lines)
 
 
+def _plan_table(inspection: Inspection, path: str, shown: int = 4) -> str:
+    """The dry run's report: one row per group, then the float-kept tensors by reason."""
+    plan, config = inspection.plan, inspection.config
+    float_kept = len(plan.skips)
+    lines = [f"{os.path.basename(path)} on --target {config.target}: {len(plan.groups)} groups, "
+             f"{len(plan.activations)} activation quantizers, {len(plan.weighted_ops)} weighted ops, "
+             f"{float_kept} tensors kept float",
+             f"candidates {','.join(map(str, config.candidates))}; metric {config.metric}"
+             + (" (each layer timed on this machine during the run; MACs and weights below)" if config.metric == "latency"
+                else "")]
+    if inspection.smooth_quant:
+        lines.append("SmoothQuant scales MatMul inputs with outlier channels during the run (not done here)")
+    lines.append(f"{'group':>5}  {'allowed':<20} {'MACs/sample':>13} {'weights':>10}  nodes")
+    for g in plan.groups:
+        nodes = ", ".join(g.nodes) if g.nodes else "(activations) " + ", ".join(g.activations)
+        allowed = ",".join(map(str, inspection.allowed[g.gid]))
+        lines.append(f"{g.gid:>5}  {allowed:<20} {inspection.macs[g.gid]:>13,} {inspection.weights[g.gid]:>10,}  {nodes[:80]}")
+    reasons: dict[str, list[str]] = {}
+    for skip in plan.skips:
+        reasons.setdefault(skip.reason, []).append(skip.name)
+    if reasons:
+        lines.append("kept float:")
+    for reason, names in sorted(reasons.items(), key=lambda item: -len(item[1])):
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        lines.append(f"  {len(names):>4} x {reason}: {', '.join(names[:shown])}{more}")
+    return "\n".join(lines)
+
+
 def _config(args: argparse.Namespace) -> OptimizeConfig:
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     candidates = args.candidates or get_target(args.target).default_candidates
@@ -283,7 +314,11 @@ def _run(args: argparse.Namespace, progress: ProgressDisplay) -> int:
             _finetune(args)
             return 0
         config = _config(args)
-        if args.command == "optimize":
+        if args.command == "optimize" and args.dry_run:
+            start = time.perf_counter()
+            print(_plan_table(inspect_model(args.input, config), args.input))
+            print(f"dry run: nothing calibrated or written ({time.perf_counter() - start:.1f} s)")
+        elif args.command == "optimize":
             with progress:
                 result = optimize(args.input, args.output, config, progress=progress)
             if not args.quiet:

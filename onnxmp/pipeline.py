@@ -26,7 +26,7 @@ from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import dequantize_constant_operands, export_qdq
 from onnxmp.output.report import build_record, write_report_dir
 from onnxmp.quant import numerics
-from onnxmp.quant.calibrate import Calibration, calibrate
+from onnxmp.quant.calibrate import Calibration, calibrate, layer_macs
 from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
 from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
@@ -174,15 +174,9 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     config = config.resolved()
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
-        model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
+        model, data, heldout, plan = _load_and_place(input_path, config, smooth=True)
         profile = get_target(config.target)
-        if profile.rewrite is not None:
-            model = profile.rewrite(model)
-        data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
-        if profile.smooth_quant:
-            model, _ = smooth_matmul_inputs(model, data)
         quantized_ops = QUANTIZED_OPS | profile.extra_quantized_ops
-        plan = find_quantizers(model, quantized_ops=quantized_ops, integer=profile.placement, float_units=profile.float_units)
     logger.info("%d groups, %d activation quantizers, %d weighted ops, %d calibration samples",
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
@@ -221,6 +215,55 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
                     cache, hit, timings, rounding, allowed)
+
+
+def _load_and_place(input_path: str, config: OptimizeConfig, smooth: bool
+                    ) -> tuple[onnx.ModelProto, CalibrationSet, CalibrationSet | None, QuantPlan]:
+    """The prepared model (rewritten for the target, SmoothQuant-scaled where it applies and
+    ``smooth``), the calibration samples (and the held-back ones) and where its quantizers go."""
+    model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
+    profile = get_target(config.target)
+    if profile.rewrite is not None:
+        model = profile.rewrite(model)
+    data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
+    if profile.smooth_quant and smooth:
+        model, _ = smooth_matmul_inputs(model, data)
+    plan = find_quantizers(model, quantized_ops=QUANTIZED_OPS | profile.extra_quantized_ops, integer=profile.placement,
+                           float_units=profile.float_units)
+    return model, data, heldout, plan
+
+
+@dataclasses.dataclass
+class Inspection:
+    """What a run would quantize, found in seconds before any calibration (``--dry-run``)."""
+
+    plan: QuantPlan
+    allowed: dict[int, tuple[Candidate, ...]]  # per group, the candidates the target allows
+    macs: dict[int, int]  # per group, MACs per sample of its weighted ops
+    weights: dict[int, int]  # per group, number of weights
+    config: OptimizeConfig
+    smooth_quant: bool  # the run would first SmoothQuant-scale MatMul inputs (not done here)
+
+
+def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) -> Inspection:
+    """Groups, the candidates each may take on the target, their MACs and weights, and every
+    tensor kept float with its reason: the plan ``optimize`` would search, from the graph and one
+    float run on one feed (for the shapes), with no statistics, no Phase 1 and nothing written."""
+    config = config.resolved()
+    config.validate()
+    model, data, _, plan = _load_and_place(input_path, config, smooth=False)
+    profile = get_target(config.target)
+    allowed = profile.group_candidates(plan, config.candidates, model)
+    op_macs = layer_macs(model, plan, data)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    group_of = plan.group_of_weight()
+    macs = {g.gid: 0 for g in plan.groups}
+    weights = {g.gid: 0 for g in plan.groups}
+    for op in plan.weighted_ops:
+        macs[group_of[op.weight]] += op_macs[op.node]
+    for g in plan.groups:
+        weights[g.gid] = sum(sizes[w] for w in g.weights)
+    return Inspection(plan, allowed, macs, weights, config, profile.smooth_quant)
 
 
 def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,

@@ -134,3 +134,39 @@ def test_written_files_get_the_umask_permissions(cnn_path, tmp_path):
         assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def _conv_gemm(path):
+    """Conv 3->4 (3x3, pad 1) on 8x8, Flatten, Gemm 256->5: MACs known by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((5, 256)).astype(np.float32), "fc_w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc_w"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    np.savez(path.parent / "calib.npz", x=rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.mark.parametrize("target", ["generic", "ort"])
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, target):
+    model = tmp_path / "m.onnx"
+    _conv_gemm(model)
+    assert main(["optimize", str(model), str(tmp_path / "o.onnx"), "--dry-run", "--target", target,
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["calib.npz", "m.onnx"]  # no output, no cache folder
+    rows = {" ".join(line.split()[4:]): line.split()[1:4] for line in out.splitlines()
+            if line.split()[0].isdigit() and line.split()[1] != "x"}  # not the "kept float" lines
+    # MACs per sample by hand: the Conv's 4x8x8 outputs each sum 3x3x3 products; the Gemm's 5 sum 256.
+    # ort puts both in one group (the Conv's output is quantized for QLinearConv and read by the Gemm)
+    conv, fc = (4 * 8 * 8 * 27, 4 * 27), (5 * 256, 5 * 256)
+    expected = ({"conv": ("W4A8,W8A8,W8A16", *conv), "fc": ("W4A8,W8A8,W8A16", *fc),
+                 "(activations) y": ("W4A8,W8A8,W8A16", 0, 0)} if target == "generic"
+                else {"conv, fc": ("W8A8,FP32", conv[0] + fc[0], conv[1] + fc[1])})
+    assert rows == {nodes: [allowed, f"{macs:,}", f"{weights:,}"] for nodes, (allowed, macs, weights) in expected.items()}
+    assert out.strip().splitlines()[-1].startswith("dry run: nothing calibrated or written")

@@ -133,6 +133,17 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
     for name in set(names) - set(stats) - non_finite:
         logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
         stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
-    macs = {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction
-            for op in plan.weighted_ops}
-    return Calibration(stats, macs, tuple(n for n in names if n in non_finite))
+    return Calibration(stats, _macs_per_sample(plan, out_elems, samples), tuple(n for n in names if n in non_finite))
+
+
+def _macs_per_sample(plan: QuantPlan, out_elems: dict[str, int], samples: int) -> dict[str, int]:
+    """Each weighted op's MACs per sample: its output elements per sample times its reduction."""
+    return {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction for op in plan.weighted_ops}
+
+
+def layer_macs(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> dict[str, int]:
+    """MACs per sample of each weighted op from one float run on the first feed: the shapes a
+    dry run needs, without the statistics of a calibration."""
+    outputs = list(dict.fromkeys(op.macs_tensor for op in plan.weighted_ops))
+    count, values = next(_observed_values(model, data, outputs))
+    return _macs_per_sample(plan, {name: values[name].size for name in outputs}, count)
