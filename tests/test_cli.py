@@ -170,3 +170,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, target):
                 else {"conv, fc": ("W8A8,FP32", conv[0] + fc[0], conv[1] + fc[1])})
     assert rows == {nodes: [allowed, f"{macs:,}", f"{weights:,}"] for nodes, (allowed, macs, weights) in expected.items()}
     assert out.strip().splitlines()[-1].startswith("dry run: nothing calibrated or written")
+
+
+def test_version(capsys):
+    import onnxmp
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"onnxmp {onnxmp.__version__}"
