@@ -47,7 +47,7 @@ def main() -> None:
     rows = []
     for model in bench_models(args.models):
         for smooth in (False, True):
-            rows.append([model.name, "on" if smooth else "off", *uniform_w8a8(model.path, model.calib, smooth)])
+            rows.append([model.name, "on" if smooth else "off", *uniform_w8a8(model.model, model.calib, smooth)])
             print(rows[-1], flush=True)
     caption = ("# SmoothQuant on or off: uniform W8A8 on --target ort\n\n"
                f"Measured by `python benchmarks/smoothing_ablation.py` at {git_state()}. SQNR on the tensors onnxmp "
