@@ -254,16 +254,9 @@ def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) ->
     model, data, _, plan = _load_and_place(input_path, config, smooth=False)
     profile = get_target(config.target)
     allowed = profile.group_candidates(plan, config.candidates, model)
-    op_macs = layer_macs(model, plan, data)
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    group_of = plan.group_of_weight()
-    macs = {g.gid: 0 for g in plan.groups}
-    weights = {g.gid: 0 for g in plan.groups}
-    for op in plan.weighted_ops:
-        macs[group_of[op.weight]] += op_macs[op.node]
-    for g in plan.groups:
-        weights[g.gid] = sum(sizes[w] for w in g.weights)
-    return Inspection(plan, allowed, macs, weights, config, profile.smooth_quant)
+    costs = CostModel.build(plan, layer_macs(model, plan, data), sizes)
+    return Inspection(plan, allowed, costs.macs, costs.weights, config, profile.smooth_quant)
 
 
 def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
@@ -313,7 +306,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     with _timed(timings, "phase2"):
         sizes = {t.name: int(np.prod(t.dims)) for t in analysis.model.graph.initializer}
         profile = get_target(config.target)
-        costs = CostModel.build(plan, analysis.calibration, sizes, profile.latency, _layer_times(analysis, config, profile))
+        costs = CostModel.build(plan, analysis.calibration.macs, sizes, profile.latency, _layer_times(analysis, config, profile))
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,

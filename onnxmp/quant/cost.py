@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 from onnxmp.errors import ConfigError
-from onnxmp.quant.calibrate import Calibration
 from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 
@@ -50,7 +49,7 @@ class CostModel:
     layer_ms: dict[str, dict[str, float]] | None = None  # node -> {"FP32": ms, "W8A8": ms}, measured
 
     @classmethod
-    def build(cls, plan: QuantPlan, calibration: Calibration, weight_sizes: dict[str, int],
+    def build(cls, plan: QuantPlan, layer_macs: dict[str, int], weight_sizes: dict[str, int],
               latency: LatencyTable | None = None, layer_ms: dict[str, dict[str, float]] | None = None) -> CostModel:
         group_of = plan.group_of_weight()
         macs = {g.gid: 0 for g in plan.groups}
@@ -59,8 +58,8 @@ class CostModel:
         counted: set[str] = set()
         for op in plan.weighted_ops:
             gid = group_of[op.weight]
-            macs[gid] += calibration.macs[op.node]
-            ops[gid].append((op.node, op.op_type, calibration.macs[op.node]))
+            macs[gid] += layer_macs[op.node]
+            ops[gid].append((op.node, op.op_type, layer_macs[op.node]))
             if op.weight not in counted:  # a shared weight is stored once
                 weights[gid] += weight_sizes[op.weight]
                 counted.add(op.weight)
