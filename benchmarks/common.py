@@ -94,23 +94,38 @@ def publish_merged(name: str, caption: str, header: list[str], rows: list[list[s
     text = (caption + "\n\n" + markdown_table(header, merged) + "\n"
             + "".join(f"\n- **{n}**: {all_notes[n]}" for n in noted) + ("\n" if all_notes else ""))
     print(text)
-    write_result(name, text)
+    write_result(name, text, merged=True)
     return text
 
 
 def git_state() -> str:
-    """The commit the package was run at (and whether onnxmp/ had uncommitted changes)."""
+    """The commit the package was run at, and whether the tree (onnxmp/, benchmarks/ and models/
+    scripts; results files and model caches excluded) was clean."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxmp"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "onnxmp", "benchmarks",
+                                "models", ":!benchmarks/results"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes in onnxmp/" if dirty else "")
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else ", clean tree")
 
 
-def write_result(name: str, text: str) -> None:
+PROVENANCE = "Measured at:"  # the first line of every results file (tests/test_results_files.py)
+
+
+def provenance_line(merged: bool = False) -> str:
+    """Where a results file's figures come from; a merged file's rows keep their own notes."""
+    if merged:
+        return f"{PROVENANCE} each row at the commit its note names; this file written at {git_state()}."
+    return f"{PROVENANCE} {git_state()}."
+
+
+def write_result(name: str, text: str, merged: bool = False) -> None:
+    """benchmarks/results/<name>, with the provenance line first (unless the text has one)."""
+    if not text.startswith(PROVENANCE):
+        text = provenance_line(merged) + "\n\n" + text
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", name), "w", encoding="utf-8") as handle:
         handle.write(text)
