@@ -54,9 +54,25 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     return models
 
 
+BROKEN = "(broken)"
+
+
+def mark_broken(cell: str) -> str:
+    """An SQNR cell at or below 0 dB (the output is no closer to float than silence) marked
+    broken, so no table or summary reads it as a quality to compare; other cells unchanged."""
+    try:
+        value = float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return str(cell)
+    return f"{cell} {BROKEN}" if value <= 0 and BROKEN not in str(cell) else str(cell)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; cells of SQNR columns at or below 0 dB are marked broken."""
+    sqnr_columns = {i for i, name in enumerate(header) if "SQNR" in name}
+    rows = [[mark_broken(c) if i in sqnr_columns else str(c) for i, c in enumerate(row)] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def publish(name: str, caption: str, header: list[str], rows: list[list[str]]) -> None:
