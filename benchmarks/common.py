@@ -54,9 +54,25 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     return models
 
 
+BROKEN = "(broken)"
+
+
+def mark_broken(cell: str) -> str:
+    """An SQNR cell at or below 0 dB (the output is no closer to float than silence) marked
+    broken, so no table or summary reads it as a quality to compare; other cells unchanged."""
+    try:
+        value = float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return str(cell)
+    return f"{cell} {BROKEN}" if value <= 0 and BROKEN not in str(cell) else str(cell)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; cells of SQNR columns at or below 0 dB are marked broken."""
+    sqnr_columns = {i for i, name in enumerate(header) if "SQNR" in name}
+    rows = [[mark_broken(c) if i in sqnr_columns else str(c) for i, c in enumerate(row)] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def publish(name: str, caption: str, header: list[str], rows: list[list[str]]) -> None:
@@ -94,23 +110,38 @@ def publish_merged(name: str, caption: str, header: list[str], rows: list[list[s
     text = (caption + "\n\n" + markdown_table(header, merged) + "\n"
             + "".join(f"\n- **{n}**: {all_notes[n]}" for n in noted) + ("\n" if all_notes else ""))
     print(text)
-    write_result(name, text)
+    write_result(name, text, merged=True)
     return text
 
 
 def git_state() -> str:
-    """The commit the package was run at (and whether onnxmp/ had uncommitted changes)."""
+    """The commit the package was run at, and whether the tree (onnxmp/, benchmarks/ and models/
+    scripts; results files and model caches excluded) was clean."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "onnxmp"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "onnxmp", "benchmarks",
+                                "models", ":!benchmarks/results"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "an unknown commit"
-    return f"commit {commit}" + (" with uncommitted changes in onnxmp/" if dirty else "")
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else ", clean tree")
 
 
-def write_result(name: str, text: str) -> None:
+PROVENANCE = "Measured at:"  # the first line of every results file (tests/test_results_files.py)
+
+
+def provenance_line(merged: bool = False) -> str:
+    """Where a results file's figures come from; a merged file's rows keep their own notes."""
+    if merged:
+        return f"{PROVENANCE} each row at the commit its note names; this file written at {git_state()}."
+    return f"{PROVENANCE} {git_state()}."
+
+
+def write_result(name: str, text: str, merged: bool = False) -> None:
+    """benchmarks/results/<name>, with the provenance line first (unless the text has one)."""
+    if not text.startswith(PROVENANCE):
+        text = provenance_line(merged) + "\n\n" + text
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", name), "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -1,12 +1,14 @@
 """Phase 1 and AdaRound at scale: the naive way versus onnxmp, measured in one run.
 
-    python benchmarks/phase1_speed.py [--layers 200] [--models minilm ...] [--samples 16] [--note TEXT]
+    python benchmarks/phase1_speed.py [--layers 200] [--models minilm ...] [--samples 16] [--no-adaround] [--note TEXT]
 
-Per model: the naive Phase 1 (a fresh exported QDQ model and onnxruntime session per group and
-candidate, every candidate evaluated); onnxmp evaluating whole graphs (``--max-memory 0``);
+Per model: the naive Phase 1 (a fresh exported QDQ model and onnxruntime session per distinct
+configuration: the all-highest baseline once, and per group each candidate that changes the
+model, so no W4A8 run of a weightless group that W8A8 already made; the ranges are the ones
+Phase 1 chose); onnxmp evaluating whole graphs (``--max-memory 0``);
 onnxmp with partial re-evaluation from cached cut points (the default); the same with
-``--workers 2``. Each onnxmp run is a fresh process, so its peak resident memory is its own
-(workers: the largest worker's peak is added). Also AdaRound's seconds per layer (W4, 1000
+``--workers 2``. Each onnxmp run is a fresh process; peak resident memory is each process's own
+(/proc VmHWM: the run's process, and the largest worker's, polled while it runs). Also AdaRound's seconds per layer (W4, 1000
 iterations) with 1 and 2 workers. The sensitivity lists must agree: partial vs workers exactly,
 whole within 0.01 dB, naive within 0.05 dB (it runs the exported model). Writes
 benchmarks/results/phase1_speed.md.
@@ -18,8 +20,8 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import os
-import resource
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -27,11 +29,15 @@ import onnx
 from common import bench_models, git_state, publish_merged
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxmp import OptimizeConfig
+from onnxmp import OptimizeConfig, parse_candidates
 from onnxmp.output.export import export_qdq
 from onnxmp.pipeline import analyze
 from onnxmp.quant import numerics
 from onnxmp.runtime.session import make_session, run_over, with_outputs
+
+# the paper's candidates, with quantizers around every op (``--target generic``): Phase 1's full
+# G x C workload, not the two-candidate default of --target ort
+CANDIDATES = parse_candidates("W4A8,W8A8,W8A16")
 
 
 def deep_cnn(layers: int, seed: int = 0) -> onnx.ModelProto:
@@ -60,35 +66,104 @@ def deep_cnn(layers: int, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
+def _effect(group, cand) -> tuple[int | None, int | None]:
+    """What a candidate changes in a group: its weight bits only if it has weights, its activation
+    bits only if it has activations (W4A8 and W8A8 of a weightless group are the same model)."""
+    return (cand.w_bits if group.weights else None, cand.a_bits if group.activations else None)
+
+
+def distinct_configs(groups, candidates) -> list[tuple[int | None, object]]:
+    """The configurations the simple way must evaluate, each once: the all-highest baseline
+    (``(None, highest)``), then per group every candidate whose effect differs from the highest's
+    and from the group's earlier candidates."""
+    highest = candidates[-1]
+    configs: list[tuple[int | None, object]] = [(None, highest)]
+    for group in groups:
+        seen = {_effect(group, highest)}
+        for cand in candidates[:-1]:
+            if _effect(group, cand) not in seen:
+                seen.add(_effect(group, cand))
+                configs.append((group.gid, cand))
+    return configs
+
+
 def naive_phase1(analysis, candidates) -> tuple[float, dict]:
-    """A fresh exported model and session per (group, candidate), every other group at the highest."""
+    """A fresh exported model and session per distinct configuration (``distinct_configs``),
+    every other group at the highest, with the ranges Phase 1 chose (``analysis.params``).
+    Entries a configuration stands for (the baseline, identical candidates) take its SQNR."""
     highest = candidates[-1]
     baseline = {g.gid: highest for g in analysis.plan.groups}
     names = analysis.simulator.observed
     start = time.perf_counter()
+    measured = {}
+    for gid, cand in distinct_configs(analysis.plan.groups, candidates):
+        assignment = baseline if gid is None else {**baseline, gid: cand}
+        model = export_qdq(analysis.model, analysis.plan, analysis.params, assignment)
+        session = make_session(with_outputs(model, names), optimized=False)  # no integer-kernel fusion
+        measured[(gid, cand)] = numerics.sqnr_db(analysis.simulator.reference, run_over(session, analysis.data, names))
+    seconds = time.perf_counter() - start
     results = {}
     for group in analysis.plan.groups:
         for cand in candidates:
-            model = export_qdq(analysis.model, analysis.plan, analysis.params, {**baseline, group.gid: cand})
-            session = make_session(with_outputs(model, names), optimized=False)  # no integer-kernel fusion
-            outputs = run_over(session, analysis.data, names)
-            results[(group.gid, cand)] = numerics.sqnr_db(analysis.simulator.reference, outputs)
-    return time.perf_counter() - start, results
+            same = next((c for c in candidates if _effect(group, c) == _effect(group, cand)), cand)
+            key = (None, highest) if _effect(group, same) == _effect(group, highest) else (group.gid, same)
+            results[(group.gid, cand)] = measured[key]
+    return seconds, {"sqnr": results, "evaluations": len(measured)}
 
 
-def _peak_mb() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest child, in MB (Linux: ru_maxrss KiB)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+def _own_peak_mb(pid: int | str = "self") -> float:
+    """A process's own peak resident memory, in MB (Linux /proc VmHWM; 0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            line = next(x for x in handle if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0.0
+    return int(line.split()[1]) / 1024
+
+
+def _children(pid: int) -> list[int]:
+    """Direct and indirect child processes of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            kids = [int(x) for x in handle.read().split()]
+    except OSError:
+        return []
+    return kids + [k for kid in kids for k in _children(kid)]
+
+
+class WorkerPeaks:
+    """Polls the VmHWM of this process's children (the Phase 1 workers) while a run lasts: each
+    child's own peak, not ``ru_maxrss`` of children, which starts from the parent's peak in a
+    forked or spawned child's accounting. A peak reached in the last poll interval is missed."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for kid in _children(os.getpid()):
+                self.peaks[kid] = max(self.peaks.get(kid, 0.0), _own_peak_mb(kid))
+
+    def __enter__(self) -> WorkerPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_onnxmp(path: str, calib: str, workers: int, max_memory: int | None, adaround: str,
                with_naive: bool) -> dict:
     """One analyze in this (fresh) process: Phase 1 time, evaluations, list, memory; optionally
     the naive Phase 1 on the same parameters."""
-    config = OptimizeConfig(calib=calib, adaround=adaround, cache_dir=None, workers=workers,
+    config = OptimizeConfig(calib=calib, adaround=adaround, cache_dir=None, workers=workers, candidates=CANDIDATES,
+                            target="generic",
                             **({} if max_memory is None else {"max_memory": max_memory}))
-    analysis = analyze(path, config)
+    with WorkerPeaks() as workers_seen:
+        analysis = analyze(path, config)
     out = {
         "phase1_s": analysis.timings["phase1"],
         "evaluations": analysis.simulator.evaluations,
@@ -101,8 +176,9 @@ def run_onnxmp(path: str, calib: str, workers: int, max_memory: int | None, adar
     }
     if with_naive:
         seconds, naive = naive_phase1(analysis, config.candidates)
-        out.update(naive_s=seconds, naive_evals=len(naive), naive={(g, str(c)): v for (g, c), v in naive.items()})
-    out["peak_mb"] = _peak_mb()
+        out.update(naive_s=seconds, naive_evals=naive["evaluations"],
+                   naive={(g, str(c)): v for (g, c), v in naive["sqnr"].items()})
+    out["peak_mb"] = (_own_peak_mb(), max(workers_seen.peaks.values(), default=0.0))
     return out
 
 
@@ -122,7 +198,7 @@ def _agree(a: dict, b: dict, tolerance: float, noise_floor: float = 0.0) -> floa
     return gap
 
 
-def measure(name: str, path: str, calib: str) -> list[str]:
+def measure(name: str, path: str, calib: str, adaround: bool = True) -> list[str]:
     whole = in_fresh_process(path, calib, 1, 0, "off", True)
     partial = in_fresh_process(path, calib, 1, None, "off", False)
     parallel = in_fresh_process(path, calib, 2, None, "off", False)
@@ -131,20 +207,23 @@ def measure(name: str, path: str, calib: str) -> list[str]:
     # suffix sessions compute with constant weights (other convolution kernels): float-level differences only
     _agree(whole["sqnr"], partial["sqnr"], 0.01, noise_floor=1e-8)
     gap = _agree(whole["sqnr"], whole["naive"], 0.05)
-    ada1 = in_fresh_process(path, calib, 1, None, "auto", False)
-    ada2 = in_fresh_process(path, calib, 2, None, "auto", False)
+    ada = "—"
+    if adaround:
+        ada1 = in_fresh_process(path, calib, 1, None, "auto", False)
+        ada2 = in_fresh_process(path, calib, 2, None, "auto", False)
+        ada = f"{ada1['adaround_s_per_layer']:.3f} / {ada2['adaround_s_per_layer']:.3f} ({ada1['adaround_layers']})"
     naive = whole["naive_s"]
 
     def mem(run: dict) -> str:
         own, child = run["peak_mb"]
-        return f"{own:.0f}" if child < 1 else f"{own:.0f} + {child:.0f}"
+        return f"{own:.0f}" if child < 1 else f"{own:.0f} (worker {child:.0f})"
 
     return [name, str(whole["layers"]), str(whole["groups"]), str(whole["samples"]),
             f"{whole['naive_evals']}", f"{naive:.1f}",
             f"{whole['evaluations']}", f"{whole['phase1_s']:.1f}", f"{partial['phase1_s']:.1f}",
             f"{parallel['phase1_s']:.1f}", f"**{naive / partial['phase1_s']:.1f}×**", f"{naive / parallel['phase1_s']:.1f}×",
             f"{mem(whole)} / {mem(partial)} / {mem(parallel)}",
-            f"{ada1['adaround_s_per_layer']:.3f} / {ada2['adaround_s_per_layer']:.3f} ({ada1['adaround_layers']})",
+            ada,
             f"{gap:.3f}"]
 
 
@@ -153,6 +232,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=200, help="of the synthetic model (0: no synthetic model)")
     parser.add_argument("--models", nargs="*", default=["minilm"],
                         help="real models (default: minilm, the largest; none given: the synthetic model only)")
+    parser.add_argument("--no-adaround", action="store_true", help="skip the two AdaRound timing runs (shorter)")
     parser.add_argument("--note", default="", help="conditions of the run, added to each model's note")
     parser.add_argument("--samples", type=int, default=16, help="calibration samples (first N of calib.npz)")
     args = parser.parse_args()
@@ -167,7 +247,7 @@ def main() -> None:
             onnx.save(deep_cnn(args.layers), path)
             x = np.random.default_rng(1).standard_normal((args.samples, 3, 32, 32)).astype(np.float32)
             np.savez(os.path.join(tmp, "calib.npz"), input=x)
-            rows.append(measure(f"synthetic_cnn_{args.layers}", path, os.path.join(tmp, "calib.npz")))
+            rows.append(measure(f"synthetic_cnn_{args.layers}", path, os.path.join(tmp, "calib.npz"), not args.no_adaround))
             notes[rows[-1][0]] = (f"a residual CNN of {args.layers} 3×3 convolutions on 16 channels, 32×32 inputs; "
                                   f"{state}")
             print(" | ".join(rows[-1]), flush=True)
@@ -175,22 +255,26 @@ def main() -> None:
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}_calib.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})
-            rows.append(measure(bench.name, bench.model, calib))
+            rows.append(measure(bench.name, bench.model, calib, not args.no_adaround))
             notes[bench.name] = state
             print(" | ".join(rows[-1]), flush=True)
-    caption = (f"Phase 1 (candidates W4A8,W8A8,W8A16; onnxruntime CPU, {os.cpu_count()} cores) measured by `python "
-               "benchmarks/phase1_speed.py`. **naive**: a fresh exported QDQ model and session per group and candidate "
-               "(every candidate, min/max ranges). **onnxmp**: one simulation session, equivalent evaluations skipped, "
-               "and more work than the naive way: the range choice (min/max vs MSE clip, one more evaluation per group "
-               "with activations unless the two ranges agree) inside Phase 1; *whole-graph* evaluates the whole model "
-               "each time (`--max-memory 0`), *partial* re-runs only the graph after the changed group from cached cut "
-               "points (default), *2 workers* adds `--workers 2`. Speed-up = naive s / onnxmp s. Peak RSS: each onnxmp "
-               "run in its own process (+ the largest worker). AdaRound: W4 weights, 1000 iterations per layer. The "
-               "sensitivity lists agree: partial = workers (same order, < 1e-6 dB), whole within 0.01 dB (suffix "
-               "sessions bake the baseline's weights in as constants, for which onnxruntime picks other convolution "
-               "kernels that sum in another order; MatMul weights are not pre-packed, so MatMuls compute alike), naive "
-               "within the last column. Each row is measured in one run (naive and onnxmp alike); models are run one at "
-               "a time or together, each keeps its note.")
+    caption = (f"Phase 1 (candidates W4A8,W8A8,W8A16, `--target generic`; onnxruntime CPU, {os.cpu_count()} cores) "
+               "measured by `python "
+               "benchmarks/phase1_speed.py`. **naive**: a fresh exported QDQ model and session per distinct "
+               "configuration, each evaluated once: the all-W8A16 baseline once, then per group each candidate that "
+               "changes the model (a weightless group's W4A8 is its W8A8 and is not run again); the ranges are the ones "
+               "Phase 1 chose (so both ways evaluate the same models). **onnxmp**: one simulation session, equivalent "
+               "evaluations skipped, and more work than the naive way: the range choice (min/max vs MSE clip, one more "
+               "evaluation per group with activations unless the two ranges agree) inside Phase 1; *whole-graph* "
+               "evaluates the whole model each time (`--max-memory 0`), *partial* re-runs only the graph after the "
+               "changed group from cached cut points (default), *2 workers* adds `--workers 2`. Speed-up = naive s / "
+               "onnxmp s. Peak RSS: each process's own peak (/proc VmHWM): the run's process, and in brackets the "
+               "largest worker's, polled every 0.2 s while it runs. AdaRound: W4 weights, 1000 iterations per layer "
+               "(— : not run, `--no-adaround`). The sensitivity lists agree: partial = workers (same order, < 1e-6 dB), "
+               "whole within 0.01 dB (suffix sessions bake the baseline's weights in as constants, for which "
+               "onnxruntime picks other convolution kernels that sum in another order), naive within the last column. "
+               "Each row is measured in one run (naive and onnxmp alike); models are run one at a time or together, "
+               "each keeps its note.")
     publish_merged("phase1_speed.md", caption, header, rows, notes)
 
 

@@ -70,9 +70,10 @@ MODELS: dict[str, ModelSpec] = {
             kind="cnn-detector",
             licence="Apache-2.0",
             source=f"{_RAPIDOCR}:rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-            metric="det_f1",
+            metric="det_pq",
             description="PP-OCRv4 text detector (DBNet, probability map); eval: rendered pages "
-            "of text lines, F1 at IoU >= 0.5 after DB post-processing; input x [N,3,256,384]",
+            "of text lines, panoptic quality (F1 at IoU >= 0.5 x mean matched box IoU) after DB "
+            "post-processing; input x [N,3,256,384]",
         ),
         ModelSpec(
             name="minilm",
@@ -288,33 +289,46 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
-def detection_counts(det: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> int:
-    """Number of one-to-one matches (greedy by IoU) with IoU >= ``iou_thr``."""
+def matched_ious(det: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> list[float]:
+    """IoUs of the one-to-one matches (greedy by IoU) with IoU >= ``iou_thr``."""
     if len(det) == 0 or len(gt) == 0:
-        return 0
+        return []
     iou = _iou(det, gt)
-    matched = 0
+    matched = []
     while True:
         i, j = np.unravel_index(np.argmax(iou), iou.shape)
         if iou[i, j] < iou_thr:
             return matched
-        matched += 1
+        matched.append(float(iou[i, j]))
         iou[i, :] = -1
         iou[:, j] = -1
+
+
+def detection_counts(det: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> int:
+    """Number of one-to-one matches (greedy by IoU) with IoU >= ``iou_thr``."""
+    return len(matched_ious(det, gt, iou_thr))
+
+
+def panoptic_quality(ious: list[float], n_det: int, n_gt: int) -> float:
+    """Kirillov et al.'s PQ for boxes: sum of matched IoUs / (TP + FP/2 + FN/2) = F1 x mean
+    matched IoU. F1 at IoU >= 0.5 alone gave 0.9953 for float and every uniform point down to
+    W4A8 on ppocr_det's pages (every line still found); PQ also counts how well each box fits."""
+    tp = len(ious)
+    denominator = tp + 0.5 * (n_det - tp) + 0.5 * (n_gt - tp)
+    return 0.0 if denominator == 0 else sum(ious) / denominator
 
 
 def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     sess = _session(onnx_path)
     probs = _run_batched(sess, {"x": data["x"]}, batch=16)
-    tp = n_det = 0
+    ious: list[float] = []
+    n_det = 0
     for i in range(len(probs)):
         det = db_postprocess(probs[i, 0])
         gt = data["boxes"][data["box_page"] == i].astype(np.float64)
-        tp += detection_counts(det, gt)
+        ious += matched_ious(det, gt)
         n_det += len(det)
-    n_gt = len(data["boxes"])
-    precision, recall = tp / max(n_det, 1), tp / max(n_gt, 1)
-    return 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    return panoptic_quality(ious, n_det, len(data["boxes"]))
 
 
 _EVALUATORS = {

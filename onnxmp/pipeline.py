@@ -314,7 +314,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         measured = _measure_curve(simulator, curve, config.measured_points)
         uniform = {str(c): _uniform_point(simulator, costs, analysis.allowed, c, config.metric)
                    for c in config.candidates}
-    target_record = None
+    target_record, before_fallback = None, None
     if config.target_drop is not None:
         with _timed(timings, "target search"):
             choice, target_record = _search_target(analysis, curve, table, group_cost, config, progress)
@@ -323,6 +323,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         greedy, config = _choose_for_budget(curve, config, table, group_cost)
         choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
                                                  group_cost)
+        before_fallback = _budget_choice_entry(simulator, greedy, choice)
     if all(c.is_float for c in choice.assignment.values()):
         logger.warning("no group is worth quantizing on --target %s within the budget (%s): the output is the "
                        "float model", config.target, config.metric)
@@ -344,6 +345,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
                                                           "seconds_per_layer": analysis.rounding.seconds_per_layer},
     )
+    record["chosen"]["budget_choice"] = before_fallback
     if output_path:
         save_model(qdq, output_path)
         record["files"] = {"output": output_path, "output_bytes": model_file_bytes(output_path),
@@ -403,6 +405,18 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
                         "curve" if index >= 0 else "uniform", numerics.nsr_to_db(nsr), numerics.nsr_to_db(best[0]))
             best = (nsr, Choice(assignment, cost, cost / baseline_cost, nsr, index, True))
     return best[1], best[0]
+
+
+def _budget_choice_entry(simulator: Simulator, greedy: Choice, choice: Choice) -> dict:
+    """What the search chose for the budget before any measured point replaced it, and which
+    one did (``fallback``): a test of mixed precision must look at this, not at the final pick,
+    which is never worse than a uniform point by construction."""
+    fallback = None
+    if choice is not greedy:
+        mix = "/".join(sorted({str(c) for c in choice.assignment.values()}))
+        fallback = f"uniform {mix}" if choice.curve_index < 0 else f"measured curve point {choice.curve_index}"
+    return {"relative_cost": greedy.relative_cost, "estimated_sqnr_db": numerics.nsr_to_db(greedy.est_nsr),
+            "simulated_sqnr_db": numerics.nsr_to_db(simulator.nsr(greedy.assignment)), "fallback": fallback}
 
 
 def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulator: Simulator) -> dict:

@@ -70,6 +70,16 @@ def block_path(tmp_path):
     return path
 
 
+# How far the target's SQNR may sit from onnxruntime CPU's on the same file. Both run the same
+# integer grid; what differs is how the float parts are computed. OpenVINO computes them in bf16
+# on this CPU: measured 0.19 dB (digits, 38.54 vs 38.35) and 0.25 dB (the transformer block, 36.30
+# vs 36.56) at W4A8/W8A8 budget 1, so 1 dB is four times the larger gap, well below what a wrong
+# scale or zero point costs (several dB). HTP (emulated) measured 0.24 dB on digits at W4A16/W8A16
+# (benchmarks/results/targets_edge.md); its other test models were not measured on this machine
+# (onnxruntime-qnn is not installed here), so its bound stays at 2 dB until they are.
+TARGET_GAP_DB = {"openvino": 1.0, "qnn-htp": 2.0}
+
+
 def _models(block_path):
     return [(DIGITS, "models/digits/calib.npz"), (str(block_path), str(block_path.parent / "calib.npz"))]
 
@@ -92,7 +102,8 @@ def _on_target(target: str, candidates: str, budget: float, path: str, calib: st
     record = optimize(path, str(out), OptimizeConfig(candidates=parse_candidates(candidates), budget=budget,
                                                      calib=calib, cache_dir=None, target=target)).record
     check = record["deployment_target"]["verification"]
-    assert np.isfinite(check["sqnr_db"]) and abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"]) < 6
+    gap = abs(check["sqnr_db"] - record["chosen"]["sqnr_db_ort_default"])
+    assert np.isfinite(check["sqnr_db"]) and gap < TARGET_GAP_DB[target], f"{target}: {gap:.2f} dB from onnxruntime CPU"
     model = onnx.load(str(out))
     # int4/int8 weights, int32 biases (and, on qnn-htp, constant operands in the activation type)
     assert _initializer_types(model) <= {TensorProto.INT4, TensorProto.INT8, TensorProto.INT32, activation_type}

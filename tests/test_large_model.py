@@ -1,5 +1,5 @@
-"""The paths for models over 2 GB (never one protobuf message), run on a small model by lowering
-the threshold: the result must equal the ordinary path's, byte for byte."""
+"""The paths for models over 1 GiB (``large.LARGE_BYTES``; never one protobuf message), run on a
+small model by lowering the threshold: the result must equal the ordinary path's, byte for byte."""
 
 from __future__ import annotations
 
@@ -29,13 +29,25 @@ def external_cnn(tmp_path):
 
 
 def test_large_model_paths_give_the_same_output(external_cnn, tmp_path, monkeypatch):
-    config = OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), adaround="off")
+    """Both runs cold (a cache each), so calibration and Phase 1 really run on the large path."""
+    calib = str(tmp_path / "calib.npz")
     monkeypatch.setattr(large, "_BIG_TENSOR", 64)
-    ordinary = optimize(str(external_cnn), str(tmp_path / "small.onnx"), config).record
+    taken = []
+    is_large_size = large.is_large_size
+    monkeypatch.setattr(large, "is_large_size", lambda size: taken.append(is_large_size(size)) or taken[-1])
+    config = lambda cache: OptimizeConfig(calib=calib, cache_dir=str(tmp_path / cache), adaround="off")  # noqa: E731
+    ordinary = optimize(str(external_cnn), str(tmp_path / "small.onnx"), config("cache-small")).record
+    assert taken and not any(taken)
+    taken.clear()
     monkeypatch.setattr(large, "LARGE_BYTES", 1024)  # the tiny CNN now counts as large
-    big = optimize(str(external_cnn), str(tmp_path / "big.onnx"), config).record
+    big = optimize(str(external_cnn), str(tmp_path / "big.onnx"), config("cache-big")).record
+    assert any(taken)  # the large-model paths were taken
+    assert not big["cache"]["hit"] and not ordinary["cache"]["hit"]
+    assert big["timings_s"]["calibrate"] > 0 and big["timings_s"]["phase1"] > 0
+    assert big["counts"]["simulator_evaluations"] == ordinary["counts"]["simulator_evaluations"] > 0
+    assert [(s["group"], s["candidate"]) for s in big["sensitivity"]] == \
+        [(s["group"], s["candidate"]) for s in ordinary["sensitivity"]]
     assert big["chosen"] == ordinary["chosen"]
-    assert big["cache"]["hit"]  # the cache key does not depend on the path taken
     # the large output is written with external data, and holds the same model
     assert os.path.exists(tmp_path / "big.onnx.data")
     a = onnx.load(str(tmp_path / "small.onnx"))
