@@ -159,10 +159,10 @@ class ProgressDisplay:
 
     QUIET_S = 5.0  # in a pipe, at most one line per this many seconds within a stage
 
-    def __init__(self, enabled: bool, stream=None, tty: bool | None = None) -> None:
+    def __init__(self, enabled: bool, stream=None) -> None:
         self.enabled = enabled
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.tty = self.stream.isatty()
         self.stage: str | None = None
         self.bar: tqdm | None = None
         self.started = self.last = 0.0
@@ -265,7 +265,7 @@ def _plan_table(inspection: Inspection, path: str, shown: int = 4) -> str:
              f"candidates {','.join(map(str, config.candidates))}; metric {config.metric}"
              + (" (each layer timed on this machine during the run; MACs and weights below)" if config.metric == "latency"
                 else "")]
-    if inspection.smooth_quant:
+    if get_target(config.target).smooth_quant:
         lines.append("SmoothQuant scales MatMul inputs with outlier channels during the run (not done here)")
     lines.append(f"{'group':>5}  {'allowed':<20} {'MACs/sample':>13} {'weights':>10}  nodes")
     for g in plan.groups:

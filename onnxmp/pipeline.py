@@ -242,7 +242,6 @@ class Inspection:
     macs: dict[int, int]  # per group, MACs per sample of its weighted ops
     weights: dict[int, int]  # per group, number of weights
     config: OptimizeConfig
-    smooth_quant: bool  # the run would first SmoothQuant-scale MatMul inputs (not done here)
 
 
 def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) -> Inspection:
@@ -254,9 +253,13 @@ def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) ->
     model, data, _, plan = _load_and_place(input_path, config, smooth=False)
     profile = get_target(config.target)
     allowed = profile.group_candidates(plan, config.candidates, model)
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    costs = CostModel.build(plan, layer_macs(model, plan, data), sizes)
-    return Inspection(plan, allowed, costs.macs, costs.weights, config, profile.smooth_quant)
+    costs = CostModel.build(plan, layer_macs(model, plan, data), _weight_sizes(model))
+    return Inspection(plan, allowed, costs.macs, costs.weights, config)
+
+
+def _weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Elements of every initializer."""
+    return {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
 
 
 def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
@@ -304,9 +307,9 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     analysis = analyze(input_path, config, progress)
     timings, simulator, plan = analysis.timings, analysis.simulator, analysis.plan
     with _timed(timings, "phase2"):
-        sizes = {t.name: int(np.prod(t.dims)) for t in analysis.model.graph.initializer}
         profile = get_target(config.target)
-        costs = CostModel.build(plan, analysis.calibration.macs, sizes, profile.latency, _layer_times(analysis, config, profile))
+        costs = CostModel.build(plan, analysis.calibration.macs, _weight_sizes(analysis.model), profile.latency,
+                                _layer_times(analysis, config, profile))
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,
@@ -341,14 +344,13 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
         evaluations=simulator.evaluations, target=target_record, on_target=on_target, latency=latency,
+        budget_choice=before_fallback,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
         adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
                                                           "seconds_per_layer": analysis.rounding.seconds_per_layer},
     )
-    record["chosen"]["budget_choice"] = before_fallback
     if output_path:
-        save_model(qdq, output_path)
-        record["files"] = {"output": output_path, "output_bytes": model_file_bytes(output_path),
+        record["files"] = {"output": output_path, "output_bytes": save_model(qdq, output_path),
                            "input_bytes": model_file_bytes(input_path)}
     if config.report:
         save_json(record, config.report)

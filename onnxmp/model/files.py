@@ -60,14 +60,16 @@ def write_atomic(path: str, writer: Callable[[str], None]) -> None:
         writer(tmp)
 
 
-def save_model(model: onnx.ModelProto, path: str) -> None:
-    """Write the model atomically; one over 1 GB of weights goes with them in ``<path>.data``."""
+def save_model(model: onnx.ModelProto, path: str) -> int:
+    """Write the model atomically; one over 1 GB of weights goes with them in ``<path>.data``.
+    Returns the bytes written (both files): what a user copies to the device."""
     if not is_large(model):
         write_atomic(path, lambda tmp: onnx.save(model, tmp))
-        return
+        return os.path.getsize(path)
     data = path + ".data"
     with _atomic_path(path) as tmp_model, _atomic_path(data) as tmp_data:  # the data file lands first
         save_with_external_data(model, tmp_model, tmp_data, os.path.basename(data))
+    return os.path.getsize(path) + os.path.getsize(data)
 
 
 def model_file_bytes(path: str) -> int:
@@ -92,9 +94,13 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 
 def save_json(record: dict, path: str) -> None:
+    save_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def save_text(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
 
     write_atomic(path, write)

@@ -24,8 +24,8 @@ h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top
 .card b { display: block; font-size: 1.25em; } .card span { color: #5b6575; font-size: .85em; }
 table { border-collapse: collapse; font-size: .9em; } th, td { border-bottom: 1px solid #e3e7ee; padding: .25em .6em;
   text-align: left; vertical-align: top; } th { background: #f4f6f9; } td.n { text-align: right;
-  font-variant-numeric: tabular-nums; } tr.chosen td { font-weight: 600; }
-.warn { color: #9a3412; } .ok { color: #166534; }
+  font-variant-numeric: tabular-nums; }
+.warn { color: #9a3412; }
 svg text { font: 12px system-ui, sans-serif; fill: #333; } svg .axis { stroke: #888; } svg .grid { stroke: #eceff3; }
 svg .curve { fill: none; stroke: #9aa3b0; stroke-width: 1.5; }
 svg .estimated { fill: #9aa3b0; } svg .measured { fill: #2563eb; } svg .uniform { fill: #16a34a; }
@@ -151,13 +151,12 @@ def pareto_svg(record: dict) -> str:
     return "\n".join(out)
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None) -> str:
+def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{row_class(i)}"' if row_class and row_class(i) else ""
+    for row in rows:
         cells = "".join(f'<td class="n">{_e(c)}</td>' if j in numeric else f"<td>{_e(c)}</td>" for j, c in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
+        body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 

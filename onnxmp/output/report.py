@@ -6,7 +6,7 @@ import logging
 import os
 
 from onnxmp._version import __version__
-from onnxmp.model.files import save_json, write_atomic
+from onnxmp.model.files import save_json, save_text, write_atomic
 from onnxmp.output.html import report_html
 from onnxmp.quant import numerics
 
@@ -28,7 +28,7 @@ def _group_entry(group, cand, costs) -> dict:
 
 def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, curve, choice, chosen_nsr,
                  measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround,
-                 on_target=None, latency=None) -> dict:
+                 on_target=None, latency=None, budget_choice=None) -> dict:
     """Everything a user needs to trust (or question) the result, as plain JSON types."""
     assignment = choice.assignment
     baseline_cost = curve.points[0].cost or 1.0
@@ -54,6 +54,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
             **shipped,
             **costs.summary(assignment),
             "mix": _mix(assignment),
+            "budget_choice": budget_choice,  # the search's own pick before a measured point replaced it
         },
         "groups": [_group_entry(groups[gid], cand, costs) for gid, cand in sorted(assignment.items())],
         "uniform": {name: {**u, "relative_cost": u["cost"] / baseline_cost, } for name, u in uniform.items()},
@@ -86,9 +87,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
 
 def _curve_mixes(curve) -> list[dict[str, int]]:
     """The mix at every curve point, replaying the moves once (not once per point)."""
-    counts: dict[str, int] = {}
-    for cand in curve.start.values():
-        counts[str(cand)] = counts.get(str(cand), 0) + 1
+    counts = _mix(curve.start)
     mixes = []
     for point in curve.points:
         if point.moved is not None:
@@ -112,17 +111,9 @@ def write_report_dir(record: dict, folder: str) -> None:
     (the ``report`` extra), pareto.png in ``folder``."""
     os.makedirs(folder, exist_ok=True)
     save_json(record, os.path.join(folder, "report.json"))
-    _write_text(os.path.join(folder, "report.html"), report_html(record))
+    save_text(os.path.join(folder, "report.html"), report_html(record))
     plotted = plot_pareto(record, os.path.join(folder, "pareto.png"))
-    _write_text(os.path.join(folder, "summary.md"), summary_markdown(record, "pareto.png" if plotted else None))
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    write_atomic(path, write)
+    save_text(os.path.join(folder, "summary.md"), summary_markdown(record, "pareto.png" if plotted else None))
 
 
 def plot_pareto(record: dict, path: str) -> bool:
