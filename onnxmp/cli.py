@@ -25,6 +25,7 @@ from onnxmp.pipeline import Inspection, OptimizeConfig, analyze, inspect_model, 
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.quant.cost import METRIC_HELP, METRICS
+from onnxmp.runtime.data import LAYOUTS as CALIB_LAYOUTS
 from onnxmp.runtime.executor import BACKENDS
 from onnxmp.search.evaluate import load_user_evaluator
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
@@ -52,8 +53,15 @@ def parse_size(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", help=".npz keyed by input name (samples on axis 0), or a folder of them; "
-                                   "default: calib.npz beside the model, else random inputs (warned)")
+    p.add_argument("--calib", help=".npz keyed by input name with samples on axis 0, or one whole feed (arrays "
+                                   "shaped as the model's inputs); or a folder of either (samples concatenated, or "
+                                   "one feed per file); default: calib.npz beside the model, else random inputs "
+                                   "(warned)")
+    p.add_argument("--calib-layout", choices=CALIB_LAYOUTS, default="auto",
+                   help="how --calib's arrays are read: 'samples' along the first axis (run in batches where "
+                        "that is the model's batch axis, else one by one), 'feeds' (each file one whole feed, "
+                        "run as given: for sequence, state and scalar inputs), or 'auto' by their shapes "
+                        "(samples where they read as samples; default)")
     p.add_argument("--candidates", default=None,
                    help=f"comma-separated W<bits>A<bits> choices (default {DEFAULT_CANDIDATES}, or what the "
                         "--target runs)")
@@ -286,7 +294,8 @@ def _plan_table(inspection: Inspection, path: str, shown: int = 4) -> str:
 def _config(args: argparse.Namespace) -> OptimizeConfig:
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     candidates = args.candidates or get_target(args.target).default_candidates
-    common = {"candidates": parse_candidates(candidates), "calib": args.calib, "cache_dir": cache,
+    common = {"candidates": parse_candidates(candidates), "calib": args.calib, "calib_layout": args.calib_layout,
+              "cache_dir": cache,
               "target": args.target, "fix_dims": args.fix_dims,
               "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters,
               "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory}

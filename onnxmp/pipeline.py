@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -35,7 +35,8 @@ from onnxmp.quant.smoothing import smooth_matmul_inputs
 from onnxmp.rounding.adaround import AdaRoundConfig
 from onnxmp.rounding.apply import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.runtime.cache import ResultsCache, cache_key
-from onnxmp.runtime.data import CalibrationSet, resolve_calibration
+from onnxmp.runtime.data import LAYOUTS as CALIB_LAYOUTS
+from onnxmp.runtime.data import CalibrationSet, collect_feeds, resolve_calibration
 from onnxmp.runtime.executor import BACKENDS
 from onnxmp.runtime.session import make_session, observed_tensors, run_over
 from onnxmp.search.accuracy_target import TargetDrop, binary_search, interpolation_search
@@ -64,7 +65,8 @@ class OptimizeConfig:
     candidates: tuple[Candidate, ...] | None = None  # None: the target's default candidates
     budget: float | None = None  # None: DEFAULT_BUDGET, or the cheapest assignment where that is below it
     metric: str | None = None  # None: the target's default metric (the one that tracks its latency)
-    calib: str | None = None
+    calib: str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | None = None  # a path, or feeds (see runtime.data)
+    calib_layout: str = "auto"  # how a path's arrays are read: "samples", "feeds", or "auto" by their shapes
     report: str | None = None  # JSON record
     report_dir: str | None = None  # JSON record, Pareto plot and Markdown summary
     cache_dir: str | None = None  # results cache; None disables it
@@ -82,6 +84,12 @@ class OptimizeConfig:
     fix_dims: str | None = None  # "name=value,..." for symbolic dimensions of the output model
     eval_on_target: bool = False  # the accuracy-target search scores candidates on the target's runtime
     budget_is_default: bool = False  # set by resolved(): no budget was given
+
+    def __post_init__(self) -> None:
+        # feeds from Python (a generator, a CalibrationDataReader) are read once, here, so every
+        # stage that loads the data again sees all of them
+        if self.calib is not None and not isinstance(self.calib, (str, os.PathLike, tuple)):
+            object.__setattr__(self, "calib", collect_feeds(self.calib))
 
     def resolved(self) -> OptimizeConfig:
         """This config with the target's defaults where it leaves the candidates or the metric open."""
@@ -114,6 +122,8 @@ class OptimizeConfig:
             raise ConfigError(f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.max_memory < 0:
             raise ConfigError(f"--max-memory must not be negative, got {self.max_memory}")
+        if self.calib_layout not in CALIB_LAYOUTS:
+            raise ConfigError(f"unknown --calib-layout {self.calib_layout!r}; use one of {', '.join(CALIB_LAYOUTS)}")
         if self.adaround_iterations < 1:
             raise ConfigError(f"--adaround-iters must be at least 1, got {self.adaround_iterations}")
 
@@ -225,7 +235,7 @@ def _load_and_place(input_path: str, config: OptimizeConfig, smooth: bool
     profile = get_target(config.target)
     if profile.rewrite is not None:
         model = profile.rewrite(model)
-    data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model), config)
+    data, heldout = _split_heldout(resolve_calibration(config.calib, input_path, model, config.calib_layout), config)
     if profile.smooth_quant and smooth:
         model, _ = smooth_matmul_inputs(model, data)
     plan = find_quantizers(model, quantized_ops=QUANTIZED_OPS | profile.extra_quantized_ops, integer=profile.placement,

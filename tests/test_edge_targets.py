@@ -130,7 +130,7 @@ def test_profiles_narrow_each_groups_candidates():
 
 def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):
     model = prepare_model(onnx.load(DIGITS))
-    data = CalibrationSet({"input": np.load("models/digits/calib.npz")["input"][:4]}, True, 16, "test")
+    data = CalibrationSet("test", {"input": np.load("models/digits/calib.npz")["input"][:4]})
     static = fix_symbolic_dims(model, data, {})
     dims = [d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, *data.arrays["input"].shape[1:]]

@@ -96,6 +96,8 @@ def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, l
     """The validated inputs, and them plus the loss target: the labels (cross-entropy), or the
     float model's values of the trained output (distillation by mean squared error)."""
     data = make_calibration_set(train, float_model, source)
+    if not data.batched:
+        return data, *_feed_training_data(data, float_model, labels, source)
     if labels is not None:
         if len(labels) != data.num_samples:
             raise CalibrationError(f"{source}: {len(labels)} labels for {data.num_samples} samples")
@@ -103,8 +105,25 @@ def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, l
     name = trained_output(float_model)
     session = make_session(float_model, outputs=[name])
     values = [run_session(session, [name], feeds)[0] for feeds in data.feeds()]
-    target = np.concatenate(values) if data.batched else np.stack(values)
+    target = np.concatenate(values)
     return data, {**data.arrays, "target": target}, "mse"
+
+
+def _feed_training_data(data: CalibrationSet, float_model: onnx.ModelProto, labels: np.ndarray | None,
+                        source: str) -> tuple[dict[str, np.ndarray], str]:
+    """Whole feeds, trained one per step: each input and its distillation target stored under
+    ``"<feed>/<name>"`` (shapes may differ between feeds)."""
+    if labels is not None:
+        raise CalibrationError(f"{source}: labels need samples along the first axis; with whole feeds (a model "
+                               "without a batch axis, or feeds of their own shapes) LSQ distils from the float model "
+                               "instead: give no labels")
+    name = trained_output(float_model)
+    session = make_session(float_model, outputs=[name])
+    stored: dict[str, np.ndarray] = {}
+    for i, feed in enumerate(data.feeds()):
+        stored.update({f"{i}/{k}": v for k, v in feed.items()})
+        stored[f"{i}/target"] = run_session(session, [name], feed)[0]
+    return stored, "mse"
 
 
 def trained_output(model: onnx.ModelProto) -> str:
@@ -172,7 +191,7 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     inputs, data, loss = _training_data(raw, float_model, labels, data_path)
     workdir = workdir or output + ".lsq"
     os.makedirs(workdir, exist_ok=True)
-    batch = min(config.batch, len(next(iter(data.values()))))
+    batch = min(config.batch, inputs.num_samples)
     static = _needs_static_shapes(graph.model)
     train_model = graph.model
     if static:
@@ -188,7 +207,7 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
 
     job = {"trainable": [q.scale for q in graph.quantizers] + list(graph.weights), "loss": loss,
            "inputs": [i.name for i in graph.model.graph.input], "epochs": config.epochs, "batch": batch,
-           "drop_last": static,
+           "drop_last": static, "feeds": 0 if inputs.batched else inputs.num_feeds,
            "learning_rate": config.learning_rate, "seed": config.seed}
     run_worker(workdir, job, relay, config.train_env)
     learned = dict(np.load(os.path.join(workdir, "learned.npz")))

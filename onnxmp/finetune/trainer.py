@@ -3,8 +3,9 @@
     <train-env>/bin/python trainer.py WORKDIR
 
 WORKDIR holds ``job.json`` (what to train), ``train.onnx`` (the LSQ training graph) and
-``data.npz`` (inputs, and ``target`` or ``labels``). Writes ``artifacts/`` (onnxruntime-training's
-training, eval and optimizer graphs and the checkpoint), a checkpoint after every epoch
+``data.npz`` (inputs, and ``target`` or ``labels``; with ``"feeds": n``, n whole feeds keyed
+``"<feed>/<name>"``). Writes ``artifacts/`` (onnxruntime-training's training, eval and optimizer
+graphs and the checkpoint), a checkpoint after every epoch
 (``checkpoint``, ``progress.json``: a rerun resumes after the last finished epoch), one JSON line
 per epoch on stdout, and ``learned.npz`` (every trainable parameter) at the end. With
 ``"mode": "gradients"`` it runs one forward and backward pass and writes ``gradients.npz``.
@@ -43,8 +44,14 @@ def _artifacts(workdir: str, job: dict) -> str:
     return folder
 
 
-def _batches(data: dict[str, np.ndarray], inputs: list[str], batch: int, seed: int, drop_last: bool = False):
-    """Shuffled batches; ``drop_last``: only full ones (a graph with static shapes)."""
+def _batches(data: dict[str, np.ndarray], inputs: list[str], batch: int, seed: int, drop_last: bool = False,
+             feeds: int = 0):
+    """Shuffled batches; ``drop_last``: only full ones (a graph with static shapes); ``feeds``:
+    the data is that many whole feeds (``"<feed>/<name>"``), one per step."""
+    if feeds:
+        for i in np.random.default_rng(seed).permutation(feeds):
+            yield [data[f"{i}/{name}"] for name in inputs]
+        return
     n = len(data[inputs[0]])
     order = np.random.default_rng(seed).permutation(n)
     for start in range(0, n, batch):
@@ -71,7 +78,7 @@ def main(workdir: str) -> None:
     if job.get("mode") == "gradients":
         module.train()
         module.lazy_reset_grad()
-        loss = module(*[data[n] for n in names])
+        loss = module(*[data[f"0/{n}" if job.get("feeds") else n] for n in names])
         grads = {name: np.array(state.parameters[name].grad) for name in job["trainable"]}
         np.savez(os.path.join(workdir, "gradients.npz"), loss=np.float64(loss), **grads)
         return
@@ -84,7 +91,8 @@ def main(workdir: str) -> None:
     for epoch in range(done, job["epochs"]):
         start, losses = time.perf_counter(), []
         module.train()
-        for batch in _batches(data, names, job["batch"], job["seed"] + epoch, job.get("drop_last", False)):
+        for batch in _batches(data, names, job["batch"], job["seed"] + epoch, job.get("drop_last", False),
+                              job.get("feeds", 0)):
             losses.append(float(module(*batch)))
             optimizer.step()
             module.lazy_reset_grad()

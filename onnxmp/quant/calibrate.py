@@ -82,7 +82,7 @@ class Calibration:
 
 def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[str]):
     """Yield (batch size, {tensor: array}) per run for the given tensors (inputs read from data)."""
-    graph_inputs = set(data.arrays)
+    graph_inputs = data.input_names
     produced = [n for n in names if n not in graph_inputs]
     session = make_session(model, optimized=False, outputs=produced) if produced else None
     for feeds in data.feeds():

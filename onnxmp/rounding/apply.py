@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -69,18 +68,17 @@ def capture_grams(model: onnx.ModelProto, ops: list[WeightedOp], data: Calibrati
     nodes = {n.name: n for n in model.graph.node}
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     names = list(dict.fromkeys(op.activation for op in ops))
-    produced = [n for n in names if n not in data.arrays]
+    produced = [n for n in names if n not in data.input_names]
     session = make_session(model, optimized=False, outputs=produced)
-    batches = math.ceil(data.num_samples / data.batch) if data.batched else data.num_samples
+    batches = data.num_feeds
     grams: dict[str, list[np.ndarray]] = {}
     for index, feeds in enumerate(data.feeds()):
         # (onnxruntime reads an empty name list as "every output")
         values = dict(zip(produced, session.run(produced, feeds), strict=True)) if produced else {}
-        values.update({n: feeds[n] for n in names if n in data.arrays})
+        values.update({n: feeds[n] for n in names if n in data.input_names})
         for op in ops:
             rows = max(max_rows, ROWS_PER_INPUT * op.reduction) // batches + 1
-            x = values[op.activation] if data.batched else values[op.activation][None]
-            mats = layer_input_matrix(op.op_type, _attrs(nodes[op.node]), x, shapes[op.weight], rows, seed=index)
+            mats = layer_input_matrix(op.op_type, _attrs(nodes[op.node]), values[op.activation], shapes[op.weight], rows, seed=index)
             new = [m.astype(np.float64).T @ m.astype(np.float64) for m in mats]
             grams[op.node] = new if op.node not in grams else [a + b for a, b in zip(grams[op.node], new, strict=True)]
     return grams

@@ -48,10 +48,7 @@ def cache_key(model: onnx.ModelProto, data: CalibrationSet, options: dict) -> st
     for tensor in model.graph.initializer:  # the big ones' bytes, one at a time (a model may exceed 2 GB)
         if tensor.HasField("raw_data"):
             digest.update(tensor.raw_data)
-    for name in sorted(data.arrays):
-        arr = np.ascontiguousarray(data.arrays[name])
-        digest.update(f"{name}|{arr.dtype}|{arr.shape}".encode())
-        digest.update(arr.tobytes())
+    digest.update(data.digest())
     digest.update(json.dumps({"format": CACHE_FORMAT, "code": code_digest(), **options}, sort_keys=True).encode())
     return digest.hexdigest()[:24]
 

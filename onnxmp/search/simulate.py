@@ -106,7 +106,7 @@ class Simulator:
         self.params = params
         self.data = data
         self.reference = reference
-        self._graph_inputs = set(data.arrays)
+        self._graph_inputs = data.input_names
         self.observed = observed_tensors(model)
         self._model = build_simulation_model(model, plan)
         self._session = make_session(self._model, outputs=self.observed, keep_float_weights=True)

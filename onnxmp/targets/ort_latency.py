@@ -34,16 +34,10 @@ _QUANTIZED_OUTPUT = frozenset({"Conv", "Gemm"})  # kernels that need their outpu
 
 def _layer_inputs(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> dict[str, np.ndarray]:
     """Each weighted op's input activation for one sample, from one float run."""
-    one = _one_sample(data)
+    one = data.first_sample()
     names = [n for n in dict.fromkeys(op.activation for op in plan.weighted_ops) if n not in one]
     values = make_session(model, outputs=names).run(names, one) if names else []
     return {**one, **dict(zip(names, values, strict=True))}
-
-
-def _one_sample(data: CalibrationSet) -> dict[str, np.ndarray]:
-    """The first calibration feed, cut to one sample where the data is batched (batch axis kept)."""
-    feeds = next(data.feeds())
-    return {k: v[:1] for k, v in feeds.items()} if data.batched else feeds
 
 
 def _qdq(nodes: list, inits: list, x: str, name: str) -> str:
@@ -140,4 +134,4 @@ def compare_models(models: dict[str, onnx.ModelProto], data: CalibrationSet, run
     """Median milliseconds of one sample through each whole model (one thread, interleaved), as
     the output is deployed: the measurement of what ships, beside the per-layer estimate."""
     sessions = {name: _session(model) for name, model in models.items()}
-    return dict(zip(sessions, median_ms(list(sessions.values()), _one_sample(data), runs), strict=True))
+    return dict(zip(sessions, median_ms(list(sessions.values()), data.first_sample(), runs), strict=True))

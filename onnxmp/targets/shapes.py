@@ -27,17 +27,16 @@ def fix_symbolic_dims(model: onnx.ModelProto, data: CalibrationSet, fixed: dict[
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
+    sample = data.first_sample()
     for value in graph.input:
-        if value.name not in data.arrays:
+        if value.name not in sample:
             continue
-        sample_shape = data.arrays[value.name].shape[1:]
-        offset = 1 if data.batched else 0
+        shape = sample[value.name].shape
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.dim_value > 0:
                 continue
             name = dim.dim_param
-            size = fixed.get(name) if name in fixed else (batch if axis == 0 and data.batched
-                                                          else sample_shape[axis - offset])
+            size = fixed.get(name) if name in fixed else (batch if axis == 0 and data.batched else shape[axis])
             dim.Clear()
             dim.dim_value = int(size)
     del graph.value_info[:]
