@@ -78,6 +78,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "to what it runs, and the output is checked on it")
     p.add_argument("--fix-dims", help="values for symbolic dimensions, e.g. batch=1,seq=128 (static-shape targets "
                                       "fix the rest from the calibration data)")
+    p.add_argument("--float-subgraphs", action="store_true",
+                   help="quantize the main graph of a model whose If/Loop/Scan bodies hold Conv, Gemm, MatMul or "
+                        "recurrent ops, keeping those bodies float (recorded); without it such a model is refused")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for Phase 1 and AdaRound (default 1; results do not depend on it)")
     p.add_argument("--backend", choices=BACKENDS, default="local",
@@ -297,6 +300,7 @@ def _config(args: argparse.Namespace) -> OptimizeConfig:
     common = {"candidates": parse_candidates(candidates), "calib": args.calib, "calib_layout": args.calib_layout,
               "cache_dir": cache,
               "target": args.target, "fix_dims": args.fix_dims,
+              "float_subgraphs": args.float_subgraphs,
               "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters,
               "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory}
     if args.command == "analyze":

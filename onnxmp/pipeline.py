@@ -21,6 +21,7 @@ import onnx
 from onnxmp._version import __version__
 from onnxmp.errors import BudgetTooLowError, ConfigError, ModelError, NothingToQuantizeError
 from onnxmp.model.files import check_writable, model_file_bytes, save_json, save_model
+from onnxmp.model.graph import subgraph_work
 from onnxmp.model.large import is_large, save_with_external_data
 from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import dequantize_constant_operands, export_qdq
@@ -83,6 +84,7 @@ class OptimizeConfig:
     target: str = "ort"  # deployment target profile (onnxmp.targets)
     fix_dims: str | None = None  # "name=value,..." for symbolic dimensions of the output model
     eval_on_target: bool = False  # the accuracy-target search scores candidates on the target's runtime
+    float_subgraphs: bool = False  # quantize the main graph of a model whose If/Loop/Scan bodies hold weighted ops
     budget_is_default: bool = False  # set by resolved(): no budget was given
 
     def __post_init__(self) -> None:
@@ -232,6 +234,7 @@ def _load_and_place(input_path: str, config: OptimizeConfig, smooth: bool
     """The prepared model (rewritten for the target, SmoothQuant-scaled where it applies and
     ``smooth``), the calibration samples (and the held-back ones) and where its quantizers go."""
     model = prepare_model(load_model(input_path), os.path.dirname(os.path.abspath(input_path)))
+    _check_subgraphs(model, config.float_subgraphs)
     profile = get_target(config.target)
     if profile.rewrite is not None:
         model = profile.rewrite(model)
@@ -241,6 +244,18 @@ def _load_and_place(input_path: str, config: OptimizeConfig, smooth: bool
     plan = find_quantizers(model, quantized_ops=QUANTIZED_OPS | profile.extra_quantized_ops, integer=profile.placement,
                            float_units=profile.float_units)
     return model, data, heldout, plan
+
+
+def _check_subgraphs(model: onnx.ModelProto, keep_float: bool) -> None:
+    """Refuse a model whose control-flow bodies hold weighted work (their ops would stay float
+    while the record spoke of a quantized model), unless the user keeps them float knowingly."""
+    busy = [w for w in subgraph_work(model.graph) if w.ops]
+    if busy and not keep_float:
+        more = f" (and {len(busy) - 1} more such nodes)" if len(busy) > 1 else ""
+        raise ModelError(f"{busy[0].describe()}{more}: onnxmp quantizes the main graph only, so that work would "
+                         "stay float. Export the model without control flow around it (e.g. with the If folded for "
+                         "the input you deploy), or pass --float-subgraphs to quantize the main graph and keep the "
+                         "bodies float (recorded)")
 
 
 @dataclasses.dataclass

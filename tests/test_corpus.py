@@ -3,7 +3,7 @@
 The corpus: (a) onnx's own backend test models, from the installed ``onnx`` wheel, that hold at
 least one op onnxmp quantizes (``onnxmp.groups.QUANTIZED_OPS``); those stock onnxruntime cannot
 run on their own test inputs are counted as skipped. (b) Graphs built here for what that corpus
-lacks: an If with a Conv in each branch and a Loop, dynamic batch and sequence dims, an
+lacks: an If with a Conv in each branch and a Loop (with ``--float-subgraphs``), dynamic batch and sequence dims, an
 initializer read by two Convs, one weight read by a Gemm and a MatMul, a MatMul self-attention
 block (also with a -inf causal mask), and one CNN at opsets 13 to 21 (and with its initializers
 listed as graph inputs, as old exporters wrote them).
@@ -74,6 +74,7 @@ class Case:
     batch_axis: bool | None = None  # None: decide from the declared shapes
     expect_quantized: bool = False  # built here: must quantize (and onnxruntime is not asked first)
     more_feeds: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # also checked
+    options: tuple[str, ...] = ()  # more optimize options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +278,7 @@ def run_case(case: Case, folder: str, target: str = "generic") -> Outcome:
     try:
         with contextlib.redirect_stderr(stderr):
             code = main(["optimize", model_path, out_path, "-q", "--no-cache", "--calib", calib_path,
-                         "--no-adaround", "--target", target])
+                         "--no-adaround", "--target", target, *case.options])
     except BaseException as exc:  # an escaped exception is a failure, whatever it is
         return Outcome(case.name, "failed", f"raised {type(exc).__name__}: {exc}")
     err = stderr.getvalue().strip()
@@ -353,7 +354,9 @@ def _control_flow(rng: np.random.Generator) -> Case:
     inits = [_weight(rng, "w_stem", 8, 3, 3, 3), _weight(rng, "w_mid", 8, 8, 3, 3), _weight(rng, "w_then", 8, 8, 3, 3),
              _weight(rng, "w_fc", 4, 8), _const("zero", np.float32(0)), _const("trips", np.int64(2))]
     model = _model(nodes, [_float_info("x", ["N", 3, 8, 8])], [_float_info("y", ["N", 4])], inits)
-    return Case("built/if_loop", model, {"x": _images(rng)}, batch_axis=True, expect_quantized=True)
+    # the bodies' Convs would stay float: refused without --float-subgraphs (test_feeds.py checks that)
+    return Case("built/if_loop", model, {"x": _images(rng)}, batch_axis=True, expect_quantized=True,
+                options=("--float-subgraphs",))
 
 
 def _dynamic_dims(rng: np.random.Generator) -> Case:

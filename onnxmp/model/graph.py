@@ -13,6 +13,8 @@ import onnx
 
 # ops whose constant operand is a weight (quantized per channel)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# recurrent ops: weights W and R (and their compute) stay float
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,47 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
             for inner in sub.node:
                 names |= {n for n in set(inner.input) | subgraph_reads(inner) if n and n not in local}
     return names
+
+
+@dataclasses.dataclass(frozen=True)
+class SubgraphWork:
+    """The compute a control-flow node of the main graph holds in its bodies (nested ones included)."""
+
+    node: str
+    op_type: str
+    bodies: tuple[str, ...]  # attribute names (then_branch, else_branch, body) holding the ops
+    ops: dict[str, int]  # weighted and recurrent op types inside, and how many
+
+    def describe(self) -> str:
+        held = ", ".join(f"{n} {op}" for op, n in sorted(self.ops.items())) or "no weighted op"
+        return f"{self.op_type} node {self.node!r} holds {held} in its {' and '.join(self.bodies)}"
+
+
+def subgraph_work(graph: onnx.GraphProto) -> list[SubgraphWork]:
+    """Every node of ``graph`` with subgraphs (If, Loop, Scan), and the weighted and recurrent ops
+    inside them: the work onnxmp would quantize in the main graph but does not inside a body."""
+    found = []
+    for node in graph.node:
+        bodies, busy, ops = [], [], {}
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            inside = [op for sub in subs for op in _ops_inside(sub)]
+            bodies += [attr.name] if subs else []
+            busy += [attr.name] if inside else []
+            for op in inside:
+                ops[op] = ops.get(op, 0) + 1
+        if bodies:  # the bodies named are those holding the work, or all where none does
+            found.append(SubgraphWork(node.name or node.output[0], node.op_type, tuple(busy or bodies), ops))
+    return found
+
+
+def _ops_inside(graph: onnx.GraphProto) -> list[str]:
+    ops = [n.op_type for n in graph.node if n.op_type in WEIGHTED_OPS + RECURRENT_OPS]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                ops += _ops_inside(sub)
+    return ops
 
 
 def all_tensor_names(graph: onnx.GraphProto) -> set[str]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxmp.errors import NothingToQuantizeError
-from onnxmp.model.graph import WEIGHTED_OPS, GraphIndex, subgraph_reads
+from onnxmp.model.graph import RECURRENT_OPS, WEIGHTED_OPS, GraphIndex, subgraph_reads, subgraph_work
 from onnxmp.model.patterns import find_units
 
 logger = logging.getLogger(__name__)
@@ -300,6 +300,11 @@ def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None
             weighted.append(result)
         elif node.op_type in WEIGHTED_OPS:
             skips.append(Skip(node.name, f"{node.op_type} weight not quantized: {result}"))
+        elif node.op_type in RECURRENT_OPS:
+            skips.append(Skip(node.name, f"{node.op_type} kept float, weights W and R included: onnxmp quantizes "
+                                         "Conv, ConvTranspose, Gemm and MatMul, not recurrent ops"))
+    for work in subgraph_work(graph):
+        skips.append(Skip(work.node, f"{work.describe()}: kept float (onnxmp quantizes the main graph only)"))
     seen_weights: set[str] = set()
     unique_weighted = []
     for op in weighted:
