@@ -130,8 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     fine.add_argument("quantized", nargs="?", help="the QDQ model onnxmp optimize wrote")
     fine.add_argument("float", nargs="?", help="the float model it came from")
     fine.add_argument("output", nargs="?", help="where to write the fine-tuned QDQ model")
-    fine.add_argument("--data", help=".npz of training inputs keyed by input name; with an integer 'labels' array "
-                                     "the loss is cross-entropy, else distillation from the float model")
+    fine.add_argument("--data", help=".npz of training inputs keyed by input name, or a folder (forms as --calib's); "
+                                     "with an integer 'labels' array the loss is cross-entropy, else distillation "
+                                     "from the float model")
+    fine.add_argument("--calib-layout", choices=CALIB_LAYOUTS, default="auto",
+                      help="how --data's arrays are read (as optimize's --calib-layout)")
     fine.add_argument("--labels", help=".npy of integer labels (instead of a 'labels' array in --data)")
     fine.add_argument("--epochs", type=int, default=5)
     fine.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
@@ -154,7 +157,8 @@ def _finetune(args: argparse.Namespace) -> None:
     if args.epochs < 1 or args.batch < 1 or not args.lr > 0:
         raise ConfigError("--epochs and --batch must be at least 1 and --lr positive")
     check_writable(args.output, args.quantized)
-    config = FinetuneConfig(epochs=args.epochs, learning_rate=args.lr, batch=args.batch, train_env=args.env)
+    config = FinetuneConfig(epochs=args.epochs, learning_rate=args.lr, batch=args.batch, train_env=args.env,
+                            calib_layout=args.calib_layout)
     show = (lambda e: print(f"epoch {e['epoch']}: loss {e['loss']:.5g} ({e['seconds']:.1f} s)", flush=True)) \
         if not args.quiet else None
     record = finetune(args.quantized, args.float, args.output, args.data, config, args.workdir, show, args.labels)

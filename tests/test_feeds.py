@@ -285,3 +285,19 @@ def test_layout_option_and_python_forms_name_what_is_wrong(tmp_path, capsys):
         main(["optimize", model_path, str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "one.npz"),
               "--calib-layout", "rows"])
     assert "invalid choice: 'rows'" in capsys.readouterr().err
+
+
+def test_every_stage_takes_whole_feeds(tmp_path):
+    """AdaRound's captured inputs, Phase 1 and the held-back quarter (the accuracy target's default
+    evaluator scores top-1 agreement per time step) on feeds of different lengths."""
+    model_path = _save(_sequence_model(), tmp_path / "seq.onnx")
+    feeds = _sequence_feeds([5, 9, 3, 12, 7, 4, 6, 8])
+    config = classic(calib=feeds, adaround="on", adaround_iterations=20, target_drop="5")
+    record = optimize(model_path, str(tmp_path / "out.onnx"), config).record
+    assert record["adaround"]["layers"] >= 1  # the head, captured from every feed's LSTM output
+    search = record["target"]
+    assert search["metric"].startswith("top-1 agreement") and search["baseline_score"] == 100.0
+    assert search["chosen_score"] >= search["threshold"] == 95.0 and search["evaluations"] >= 1
+    session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    for feed in feeds[6:]:  # the held-back quarter: two feeds, each still run as given
+        assert session.run(["logits"], feed)[0].shape == (len(feed["x"]), CLASSES)

@@ -162,3 +162,33 @@ def test_distillation_trains_the_logits_of_a_softmax_model(tmp_path):
     after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     assert np.array_equal(before["prob_scale"], after["prob_scale"])
     assert not np.array_equal(before["logits_scale"], after["logits_scale"])
+
+
+def test_finetune_on_whole_feeds_of_different_lengths(tmp_path):
+    """A model without a batch axis (x [T, 8], T symbolic) trained on a folder of feeds of their
+    own lengths, one per step, distilled from the float model feed by feed."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 4])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    lengths = [3, 7, 5, 9]
+    for i, t in enumerate(lengths):
+        np.savez(folder / f"f{i}.npz", x=rng.standard_normal((t, 8)).astype(np.float32))
+    optimize(str(path), str(tmp_path / "q.onnx"), OptimizeConfig(candidates=parse_candidates("W4A8"), budget=1.0,
+                                                                 cache_dir=None, calib=str(folder), target="generic",
+                                                                 calib_layout="feeds"))
+    record = finetune(str(tmp_path / "q.onnx"), str(path), str(tmp_path / "lsq.onnx"), str(folder),
+                      FinetuneConfig(epochs=2, calib_layout="feeds"), workdir=str(tmp_path / "job"))
+    assert len(record["epochs"]) == 2
+    stored = np.load(tmp_path / "job" / "data.npz")
+    for i, t in enumerate(lengths):  # each feed with its own float target, x @ w
+        np.testing.assert_allclose(stored[f"{i}/target"], stored[f"{i}/x"] @ w, rtol=1e-5, atol=1e-5)
+        assert stored[f"{i}/x"].shape == (t, 8)
+    session = make_session(onnx.load(str(tmp_path / "lsq.onnx")))
+    assert session.run(None, {"x": np.ones((11, 8), np.float32)})[0].shape == (11, 4)

@@ -27,7 +27,7 @@ from onnxmp.model.files import save_model
 from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import integer_tensor
 from onnxmp.quant import numerics
-from onnxmp.runtime.data import CalibrationSet, make_calibration_set, read_npz
+from onnxmp.runtime.data import CalibrationSet, load_calibration, make_calibration_set, read_npz
 from onnxmp.runtime.session import make_session, observed_tensors, run_session
 from onnxmp.targets.shapes import fix_symbolic_dims
 
@@ -68,6 +68,7 @@ class FinetuneConfig:
     batch: int = 16
     seed: int = 0
     train_env: str | None = None
+    calib_layout: str = "auto"  # how the data's arrays are read (runtime.data.LAYOUTS)
 
 
 def run_worker(workdir: str, job: dict, progress: Callable[[dict], None] | None = None,
@@ -91,11 +92,13 @@ def run_worker(workdir: str, job: dict, progress: Callable[[dict], None] | None 
                          f"{cause[:300]}; the job is kept in {workdir}")
 
 
-def _training_data(train: dict[str, np.ndarray], float_model: onnx.ModelProto, labels: np.ndarray | None,
-                   source: str) -> tuple[CalibrationSet, dict[str, np.ndarray], str]:
-    """The validated inputs, and them plus the loss target: the labels (cross-entropy), or the
-    float model's values of the trained output (distillation by mean squared error)."""
-    data = make_calibration_set(train, float_model, source)
+def _training_data(train: dict[str, np.ndarray] | None, float_model: onnx.ModelProto, labels: np.ndarray | None,
+                   source: str, layout: str = "auto") -> tuple[CalibrationSet, dict[str, np.ndarray], str]:
+    """The validated inputs (``train``'s arrays, or the folder ``source``), and them plus the loss
+    target: the labels (cross-entropy), or the float model's values of the trained output
+    (distillation by mean squared error)."""
+    data = make_calibration_set(train, float_model, source, layout) if train is not None else load_calibration(
+        source, float_model, layout)
     if not data.batched:
         return data, *_feed_training_data(data, float_model, labels, source)
     if labels is not None:
@@ -181,14 +184,14 @@ def finetune(quantized: str, float_path: str, output: str, data_path: str, confi
     float_model = prepare_model(load_model(float_path), os.path.dirname(os.path.abspath(float_path)))
     graph = training_graph(qdq, float_model)
     graph = _trained_part(graph, trained_output(float_model))
-    raw = read_npz(data_path)
-    labels = raw.pop("labels", None)
+    raw = None if os.path.isdir(data_path) else read_npz(data_path)  # a folder: samples or feeds, no labels
+    labels = raw.pop("labels", None) if raw is not None else None
     if labels_path:
         try:
             labels = np.load(labels_path)
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"{labels_path}: cannot read labels ({exc})") from exc
-    inputs, data, loss = _training_data(raw, float_model, labels, data_path)
+    inputs, data, loss = _training_data(raw, float_model, labels, data_path, config.calib_layout)
     workdir = workdir or output + ".lsq"
     os.makedirs(workdir, exist_ok=True)
     batch = min(config.batch, inputs.num_samples)

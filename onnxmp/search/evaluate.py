@@ -117,11 +117,11 @@ def agreement_evaluator(model: onnx.ModelProto, heldout: CalibrationSet, open_se
     reference = run_over(session, heldout, names)
     shape = session.get_outputs()[0].shape
     classifier = len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
-    if classifier:
-        float_top1 = reference[0].reshape(heldout.num_samples, -1).argmax(axis=1)
+    if classifier:  # rows of [N, classes] (a feed may hold several)
+        float_top1 = reference[0].reshape(-1, shape[1]).argmax(axis=1)
 
         def agreement(model_path: str) -> float:
-            top1 = _first_output(open_session(model_path), heldout).reshape(heldout.num_samples, -1).argmax(axis=1)
+            top1 = _first_output(open_session(model_path), heldout).reshape(-1, shape[1]).argmax(axis=1)
             return float(100.0 * (top1 == float_top1).mean())
 
         return Evaluator(agreement, "top-1 agreement with float %", "held-back calibration samples")
