@@ -14,7 +14,7 @@ import os
 import tempfile
 
 import numpy as np
-from common import bench_models, git_state, publish_merged
+from common import bench_models, git_state, publish_merged, samples_calib_only
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 
@@ -42,7 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     header = ["model", "config", "rounding", "BOPs", "SQNR dB", "task score", "AdaRound s/layer", "layers×bits"]
     rows, notes = [], {}
-    for bench in bench_models(args.models):
+    benches = bench_models(args.models)
+    if args.samples:
+        benches = samples_calib_only(benches, "adaround_table", "with --samples takes the first N samples of one .npz")
+    for bench in benches:
         notes[bench.name] = f"onnxmp {git_state()}" + (f", first {args.samples} calibration samples" if args.samples else
                                                      ", all calibration samples")
         with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,9 @@ class BenchModel:
     calib: str
     metric: str
     evaluate: Callable[[str], float]
+    # calib is a folder of whole feeds (one .npz per feed, e.g. a sequence plus state tensors, run
+    # one by one), not one .npz of samples along the first axis
+    calib_feeds: bool = False
 
 
 def _digits_top1(path: str) -> float:
@@ -46,12 +49,28 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     if zoo is not None:
         for name, spec in zoo.MODELS.items():
             paths = zoo.paths(name)
-            if os.path.isfile(paths["model"]) and os.path.isfile(paths["calib"]):
+            feeds = getattr(spec, "calib_feeds", False)
+            if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
                 models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
-                                         lambda p, n=name: zoo.evaluate(n, p)))
+                                         lambda p, n=name: zoo.evaluate(n, p), feeds))
     if names:
         models = [m for m in models if m.name in names]
     return models
+
+
+def samples_calib_only(benches: list[BenchModel], table: str, why: str) -> list[BenchModel]:
+    """``benches`` without the models whose calibration set is a folder of whole feeds, each
+    skipped with a printed reason: for tables that read calibration data as one .npz of samples
+    (``why`` says what they do with it). benchmarks/feeds_table.py benchmarks those models."""
+    kept = []
+    for bench in benches:
+        if bench.calib_feeds:
+            print(f"{table}: skipping {bench.name}: its calibration set ({bench.calib}) is a folder of whole "
+                  f"feeds (a sequence plus state per file, run one by one), and this table {why}; "
+                  "benchmarks/feeds_table.py benchmarks it", flush=True)
+        else:
+            kept.append(bench)
+    return kept
 
 
 BROKEN = "(broken)"

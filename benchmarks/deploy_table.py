@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import bench_models, git_state, publish_merged  # noqa: E402
+from common import bench_models, git_state, publish_merged, samples_calib_only  # noqa: E402
 from zoo_table import _quantize_peer, _subset_calib  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
@@ -159,7 +159,8 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     rows, notes = [], {}
-    for bench in bench_models(args.models):
+    for bench in samples_calib_only(bench_models(args.models), "deploy_table", "times one sample and measures SQNR "
+                                    "over the samples of one .npz"):
         with tempfile.TemporaryDirectory() as folder:
             r, n = run_model(bench, budgets, args.samples, args.runs, threads, folder)
         rows += r

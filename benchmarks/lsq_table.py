@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import onnx
-from common import bench_models, git_state, publish_merged
+from common import bench_models, git_state, publish_merged, samples_calib_only
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import BudgetTooLowError
@@ -64,7 +64,8 @@ def main() -> None:
     header = ["model", "config", "mix (groups)", "metric", "float", "PTQ (AdaRound)", "PTQ SQNR dB", "LSQ",
               "LSQ SQNR dB", "LSQ loss first → last epoch", "epochs", "training s"]
     rows, notes = [], {}
-    for bench in bench_models(args.models):
+    for bench in samples_calib_only(bench_models(args.models), "lsq_table", "measures SQNR over the samples of one "
+                                    ".npz"):
         notes[bench.name] = f"onnxmp {git_state()}"
         for label in args.configs:
             with tempfile.TemporaryDirectory() as tmp:

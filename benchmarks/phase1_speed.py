@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 import onnx
-from common import bench_models, git_state, publish_merged
+from common import bench_models, git_state, publish_merged, samples_calib_only
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmp import OptimizeConfig, parse_candidates
@@ -251,7 +251,8 @@ def main() -> None:
             notes[rows[-1][0]] = (f"a residual CNN of {args.layers} 3×3 convolutions on 16 channels, 32×32 inputs; "
                                   f"{state}")
             print(" | ".join(rows[-1]), flush=True)
-        for bench in bench_models(args.models) if args.models else []:
+        benches = bench_models(args.models) if args.models else []
+        for bench in samples_calib_only(benches, "phase1_speed", "takes the first --samples samples of one .npz"):
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}_calib.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})

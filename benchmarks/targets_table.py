@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import bench_models, git_state, publish_merged
+from common import bench_models, git_state, publish_merged, samples_calib_only
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import ConfigError, OnnxmpError
@@ -76,7 +76,8 @@ def main() -> None:
               "SQNR on target dB", "SQNR onnxruntime CPU dB", "s"]
     rows, notes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for bench in bench_models(args.models):
+        for bench in samples_calib_only(bench_models(args.models), "targets_table",
+                                        "takes the first --samples samples of one .npz"):
             arrays = np.load(bench.calib)
             calib = os.path.join(tmp, f"{bench.name}.npz")
             np.savez(calib, **{k: arrays[k][: args.samples] for k in arrays.files})

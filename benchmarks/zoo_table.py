@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import bench_models, git_state, markdown_table, write_result  # noqa: E402
+from common import bench_models, git_state, markdown_table, samples_calib_only, write_result  # noqa: E402
 from peers import ort_quantize_static_w8a8  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
@@ -391,6 +391,8 @@ def main() -> None:
         unknown = set(args.models) - {b.name for b in benches}
         if unknown:
             parser.error(f"unknown or unprepared model(s): {', '.join(sorted(unknown))}")
+    benches = samples_calib_only(benches, "zoo_table", "subsets the samples, runs quantize_static and the SQNR "
+                                 "on them as batches of samples")
     sections = {}
     for bench in benches:
         sections[bench.name] = run_model(bench, budgets, args.samples, args.cache_dir, args.workers)

@@ -9,6 +9,8 @@ their calibration and labelled evaluation sets into ``models/.cache/NAME/``.
 Each model's folder ends up with ``model.onnx`` (float32), ``calib.npz``, ``calib2.npz``
 (disjoint from calib), ``calib_ood.npz`` (out-of-domain inputs, same keys) and ``eval.npz``
 (inputs and labels for :func:`zoo.evaluate`), plus ``meta.json`` describing what was built.
+A model calibrated with whole feeds (``ModelSpec.cache_files``: silero_vad) has folders ``calib/``,
+``calib2/`` and ``calib_ood/`` of one-feed .npz files instead.
 Work already done is skipped (a model whose files all exist is not rebuilt).
 
 Prep-time dependencies are listed in ``models/requirements-prep.txt``; the runtime (``zoo.py``)

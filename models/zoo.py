@@ -6,6 +6,7 @@
     from zoo import MODELS, paths, evaluate        # with models/ on sys.path
     spec = MODELS["ppocr_cls"]
     p = paths("ppocr_cls")          # {"dir", "model", "calib", "calib2", "calib_ood", "eval", "meta"}
+    # (calib* are .npz files of samples, or for spec.calib_feeds models folders of feed .npz files)
     score = evaluate("ppocr_cls", str(p["model"]))   # higher is better; spec.metric names it
 
 ``evaluate`` runs any model with the float model's inputs and outputs (the float model or a
@@ -24,6 +25,9 @@ HERE = Path(__file__).resolve().parent
 CACHE_DIR = Path(os.environ.get("ONNXMP_MODEL_CACHE", HERE / ".cache"))
 
 CACHE_FILES = ("model.onnx", "calib.npz", "calib2.npz", "calib_ood.npz", "eval.npz", "meta.json")
+# A model whose calibration data are whole feeds (sequences of any length plus state) keeps each
+# calibration set as a folder of per-feed .npz files (onnxmp's --calib folder form).
+FEED_CACHE_FILES = ("model.onnx", "calib", "calib2", "calib_ood", "eval.npz", "meta.json")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,14 @@ class ModelSpec:
     source: str
     metric: str
     description: str = ""
+    # the files of models/.cache/NAME/; paths() keys them by name without extension
+    cache_files: tuple[str, ...] = CACHE_FILES
+
+    @property
+    def calib_feeds(self) -> bool:
+        """True when calib/calib2/calib_ood are folders of whole feeds (one .npz per feed, run
+        one by one, never concatenated), not .npz files of samples along the first axis."""
+        return "calib" in self.cache_files
 
     def paths(self) -> dict[str, Path]:
         return paths(self.name)
@@ -86,6 +98,18 @@ MODELS: dict[str, ModelSpec] = {
             "docstring summary -> docstring body retrieval, top-1 accuracy; inputs input_ids, "
             "attention_mask int64 [N,S]",
         ),
+        ModelSpec(
+            name="silero_vad",
+            kind="vad-lstm",
+            licence="MIT (silero-vad; faster-whisper wheel MIT)",
+            source="faster-whisper==1.2.1:faster_whisper/assets/silero_vad_v6.onnx",
+            metric="frame_accuracy",
+            description="Silero VAD v6 (STFT conv + 4 convs + LSTM(128) + conv, stateful); eval: "
+            "160 clips of espeak-ng speech, silences and noise, one run per clip as faster-whisper "
+            "feeds it, accuracy of speech_probs > 0.5 per 512-sample window; inputs input f32 "
+            "[seq_len,576], h, c f32 [1,1,128]; calibration sets are folders of whole feeds",
+            cache_files=FEED_CACHE_FILES,
+        ),
     )
 }
 
@@ -96,7 +120,7 @@ def paths(name: str) -> dict[str, Path]:
         raise KeyError(f"unknown model {name!r}; known: {list(MODELS)}")
     d = CACHE_DIR / name
     out: dict[str, Path] = {"dir": d}
-    for f in CACHE_FILES:
+    for f in MODELS[name].cache_files:
         out[f.split(".")[0]] = d / f
     return out
 
@@ -331,11 +355,33 @@ def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     return panoptic_quality(ious, n_det, len(data["boxes"]))
 
 
+def vad_clip_feeds(data: dict[str, np.ndarray]):
+    """silero_vad's eval clips as whole feeds (one per clip, h = c = 0), with their labels."""
+    off = data["offsets"]
+    z = np.zeros((1, 1, 128), np.float32)
+    for i in range(len(off) - 1):
+        yield {"input": data["input"][off[i]:off[i + 1]], "h": z, "c": z}, data["label"][off[i]:off[i + 1]]
+
+
+def vad_speech_probs(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """speech_probs of every eval clip, one run per clip (as faster-whisper's SileroVADModel)."""
+    sess = _session(onnx_path)
+    return [sess.run(["speech_probs"], f)[0].reshape(-1) for f, _ in vad_clip_feeds(data)]
+
+
+def _eval_silero_vad(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+    """Frame accuracy: speech_probs > 0.5 (faster-whisper's default threshold) against the
+    per-window labels, over all windows of all clips."""
+    probs = np.concatenate(vad_speech_probs(onnx_path, data))
+    return float(np.mean((probs > 0.5) == (data["label"] == 1)))
+
+
 _EVALUATORS = {
     "ppocr_cls": _eval_ppocr_cls,
     "ppocr_rec": _eval_ppocr_rec,
     "ppocr_det": _eval_ppocr_det,
     "minilm": _eval_minilm,
+    "silero_vad": _eval_silero_vad,
 }
 
 
@@ -347,4 +393,5 @@ def evaluate(name: str, onnx_path: str) -> float:
     return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "evaluate", "load_npz", "paths"]
+__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "evaluate", "load_npz", "paths", "vad_clip_feeds",
+           "vad_speech_probs"]
