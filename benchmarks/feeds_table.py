@@ -35,9 +35,8 @@ import onnxruntime as ort
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import ROOT, bench_models, git_state, markdown_table, write_result  # noqa: E402
-
 import zoo  # noqa: E402  (models/ is on sys.path through common)
+from common import ROOT, bench_models, git_state, markdown_table, write_result  # noqa: E402
 
 WEIGHTED = ("Conv", "LSTM", "GRU", "RNN", "MatMul", "Gemm", "ConvTranspose")
 
@@ -158,7 +157,7 @@ def run_model(bench, runs: int, folder: str) -> tuple[list[list[str]], list[str]
     try:
         variants[label] = {"path": out, "seconds": ort_static(bench.model, out, feeds)}
         one_thread_session(out)
-    except Exception as exc:  # noqa: BLE001 - a peer's failure is a result
+    except Exception as exc:
         variants.pop(label, None)
         notes.append(f"{label} failed on this model: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
@@ -169,6 +168,7 @@ def run_model(bench, runs: int, folder: str) -> tuple[list[list[str]], list[str]
 
     float_model = onnx.load(bench.model)
     lstm_weights = [i for n in float_model.graph.node if n.op_type == "LSTM" for i in n.input[1:4] if i]
+    lstm_nodes = [n.name for n in float_model.graph.node if n.op_type == "LSTM" and n.name]
     rows = []
     for label, v in variants.items():
         probs = np.concatenate(zoo.vad_speech_probs(v["path"], data))
@@ -181,13 +181,13 @@ def run_model(bench, runs: int, folder: str) -> tuple[list[list[str]], list[str]
                      "—" if label == "float" else f"{q} / {total}" + (f" ({', '.join(floats)} float)" if floats else ""),
                      mix, "—" if v["seconds"] is None else f"{v['seconds']:.1f}"])
         if record:
-            kept = {s["name"]: s["reason"] for s in record.get("skipped", [])}
-            listed = [w for w in lstm_weights if w in kept]
+            listed = [f"{s['name']}: {s['reason']}" for s in record.get("skipped", [])
+                      if s["name"] in lstm_weights + lstm_nodes or s["reason"].startswith("LSTM kept float")]
             notes.append(f"{label}: record's budget choice {json.dumps(record['chosen'].get('budget_choice'))}; "
                          f"its chosen SQNR (onnxmp's own, on the calibration feeds) "
                          f"{record['chosen']['sqnr_db_ort_default']:.2f} dB; "
                          f"LSTM weights {', '.join(lstm_weights)}: "
-                         + (f"kept float with reasons {[kept[w] for w in listed]}" if listed else
+                         + (f"kept float, the record says: {'; '.join(listed)}" if listed else
                             "kept float with no entry in the record's kept-float list (`skipped`)"))
     clip_s = lengths[clip] * 512 / 16000
     caption = (

@@ -265,7 +265,7 @@ def build(out: Path, common, force: bool = False) -> dict:
         "sha256": SHA256,
         "espeak": version,
         "n_eval_clips": N_EVAL,
-        "n_eval_windows": int(len(label)),
+        "n_eval_windows": len(label),
         "eval_speech_fraction": round(float(label.mean()), 4),
         "eval_seconds_of_audio": round(len(label) * WINDOW / SR, 1),
         "n_calib_feeds": N_CALIB,
