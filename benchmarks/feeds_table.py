@@ -34,8 +34,9 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "models"))
 
-import zoo  # noqa: E402  (models/ is on sys.path through common)
+import zoo  # noqa: E402  (models/, on sys.path above)
 from common import ROOT, bench_models, git_state, markdown_table, write_result  # noqa: E402
 
 WEIGHTED = ("Conv", "LSTM", "GRU", "RNN", "MatMul", "Gemm", "ConvTranspose")
