@@ -36,8 +36,7 @@ from onnxmp.quant.smoothing import smooth_matmul_inputs
 from onnxmp.rounding.adaround import AdaRoundConfig
 from onnxmp.rounding.apply import RoundingReport, adaround_bits, apply_adaround
 from onnxmp.runtime.cache import ResultsCache, cache_key
-from onnxmp.runtime.data import LAYOUTS as CALIB_LAYOUTS
-from onnxmp.runtime.data import CalibrationSet, collect_feeds, resolve_calibration
+from onnxmp.runtime.data import CalibrationSet, check_layout, collect_feeds, resolve_calibration
 from onnxmp.runtime.executor import BACKENDS
 from onnxmp.runtime.session import make_session, observed_tensors, run_over
 from onnxmp.search.accuracy_target import TargetDrop, binary_search, interpolation_search
@@ -124,8 +123,7 @@ class OptimizeConfig:
             raise ConfigError(f"unknown --backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.max_memory < 0:
             raise ConfigError(f"--max-memory must not be negative, got {self.max_memory}")
-        if self.calib_layout not in CALIB_LAYOUTS:
-            raise ConfigError(f"unknown --calib-layout {self.calib_layout!r}; use one of {', '.join(CALIB_LAYOUTS)}")
+        check_layout(self.calib_layout)
         if self.adaround_iterations < 1:
             raise ConfigError(f"--adaround-iters must be at least 1, got {self.adaround_iterations}")
 

@@ -53,16 +53,20 @@ class GraphIndex:
         return self.elem_types.get(name) == onnx.TensorProto.FLOAT
 
 
+def node_subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """A node's subgraphs (If branches, Loop and Scan bodies) with their attribute names."""
+    return [(attr.name, sub) for attr in node.attribute
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+
+
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for sub in graphs:
-            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            local |= {o for n in sub.node for o in n.output}
-            for inner in sub.node:
-                names |= {n for n in set(inner.input) | subgraph_reads(inner) if n and n not in local}
+    for _, sub in node_subgraphs(node):
+        local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+        local |= {o for n in sub.node for o in n.output}
+        for inner in sub.node:
+            names |= {n for n in set(inner.input) | subgraph_reads(inner) if n and n not in local}
     return names
 
 
@@ -86,24 +90,23 @@ def subgraph_work(graph: onnx.GraphProto) -> list[SubgraphWork]:
     found = []
     for node in graph.node:
         bodies, busy, ops = [], [], {}
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            inside = [op for sub in subs for op in _ops_inside(sub)]
-            bodies += [attr.name] if subs else []
-            busy += [attr.name] if inside else []
+        for name, sub in node_subgraphs(node):
+            inside = _ops_inside(sub)
+            bodies.append(name)
+            busy += [name] if inside else []
             for op in inside:
                 ops[op] = ops.get(op, 0) + 1
         if bodies:  # the bodies named are those holding the work, or all where none does
-            found.append(SubgraphWork(node.name or node.output[0], node.op_type, tuple(busy or bodies), ops))
+            found.append(SubgraphWork(node.name or node.output[0], node.op_type,
+                                      tuple(dict.fromkeys(busy or bodies)), ops))
     return found
 
 
 def _ops_inside(graph: onnx.GraphProto) -> list[str]:
     ops = [n.op_type for n in graph.node if n.op_type in WEIGHTED_OPS + RECURRENT_OPS]
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                ops += _ops_inside(sub)
+        for _, sub in node_subgraphs(node):
+            ops += _ops_inside(sub)
     return ops
 
 
@@ -113,7 +116,6 @@ def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
     names = {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
     names |= {t.name for t in graph.initializer} | {o for node in graph.node for o in node.output}
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                names |= all_tensor_names(sub)
+        for _, sub in node_subgraphs(node):
+            names |= all_tensor_names(sub)
     return names

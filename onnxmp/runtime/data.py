@@ -159,9 +159,14 @@ def _read_one(file: str) -> Feed:
 def read_npz(path: str) -> dict[str, np.ndarray]:
     """Arrays of an .npz file, or of every .npz in a folder concatenated along the first axis
     (the samples form)."""
+    return _concatenated([_read_one(file) for file in _npz_files(path)], path)
+
+
+def _concatenated(contents: list[Feed], path: str) -> dict[str, np.ndarray]:
+    """The files' arrays joined along the first axis, key by key."""
     parts: dict[str, list[np.ndarray]] = {}
-    for file in _npz_files(path):
-        for key, value in _read_one(file).items():
+    for content in contents:
+        for key, value in content.items():
             parts.setdefault(key, []).append(value)
     try:
         return {key: np.concatenate(chunks, axis=0) for key, chunks in parts.items()}
@@ -183,8 +188,8 @@ def _check_values(spec: InputSpec, arr: np.ndarray, source: str) -> np.ndarray:
     return arr.astype(spec.dtype, copy=False)
 
 
-def _fits(shape: tuple[int, ...], spec: InputSpec) -> bool:
-    return len(shape) == len(spec.shape) and all(w is None or g == w for g, w in zip(shape, spec.shape, strict=True))
+def _fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(want) and all(w is None or g == w for g, w in zip(shape, want, strict=True))
 
 
 def _mismatch(spec: InputSpec, arr: np.ndarray, source: str, layout: str) -> CalibrationError:
@@ -205,10 +210,9 @@ def _as_samples(raw: Mapping[str, np.ndarray], specs: list[InputSpec], source: s
     batched_layouts, arrays = set(), {}
     for spec in specs:
         arr = np.asarray(raw[spec.name])
-        if arr.ndim == len(spec.shape) + 1 and _fits(arr.shape[1:], spec):
+        if _fits(arr.shape[1:], spec.shape) and arr.ndim == len(spec.shape) + 1:
             batched_layouts.add(False)
-        elif arr.ndim == len(spec.shape) and arr.ndim > 0 and _fits(arr.shape, InputSpec("", spec.dtype,
-                                                                                      (None, *spec.shape[1:]))):
+        elif arr.ndim > 0 and _fits(arr.shape, (None, *spec.shape[1:])):
             batched_layouts.add(True)
         else:
             raise _mismatch(spec, arr, source, "samples")
@@ -232,7 +236,7 @@ def _as_feed(raw: Mapping[str, np.ndarray], specs: list[InputSpec], source: str)
     feed = {}
     for spec in specs:
         arr = np.asarray(raw[spec.name])
-        if not _fits(arr.shape, spec):
+        if not _fits(arr.shape, spec.shape):
             raise _mismatch(spec, arr, source, "feeds")
         if arr.size == 0:
             raise CalibrationError(f"{source}: input {spec.name!r} is empty (shape {list(arr.shape)})")
@@ -255,7 +259,7 @@ def make_calibration_set(raw: Mapping[str, np.ndarray], model: onnx.ModelProto, 
                          layout: str = "auto") -> CalibrationSet:
     """Validate in-memory arrays keyed by input name against ``model``: samples along the first
     axis, or one whole feed (``layout``; "auto" reads samples where the shapes allow it)."""
-    _check_layout(layout)
+    check_layout(layout)
     specs = model_inputs(model)
     _check_names(raw, specs, source)
     if layout == "feeds":
@@ -284,22 +288,27 @@ def feeds_set(feeds: Iterable[Feed], source: str) -> CalibrationSet:
 def load_calibration(path: str, model: onnx.ModelProto, layout: str = "auto") -> CalibrationSet:
     """Read and validate an .npz or a folder of them (``layout`` as in ``make_calibration_set``;
     a folder's files are each one feed when they do not read as samples together)."""
-    _check_layout(layout)
+    check_layout(layout)
     files = _npz_files(path)
-    if len(files) == 1 or layout == "samples":
-        if len(files) == 1:
-            return make_calibration_set(_read_one(files[0]), model, path, layout)
-        return make_calibration_set(read_npz(path), model, path, layout)
+    contents = [_read_one(file) for file in files]  # each file read once, whichever reading holds
+    if len(files) == 1:
+        return make_calibration_set(contents[0], model, path, layout)
     specs = model_inputs(model)
-    if layout == "auto":
+
+    def as_feeds() -> CalibrationSet:
+        return feeds_set((_as_feed(c, specs, f) for f, c in zip(files, contents, strict=True)), path)
+
+    if layout == "feeds":
+        return as_feeds()
+    try:
+        return make_calibration_set(_concatenated(contents, path), model, path, "samples")
+    except CalibrationError as as_samples:
+        if layout == "samples":
+            raise
         try:
-            return make_calibration_set(read_npz(path), model, path, "samples")
-        except CalibrationError as as_samples:
-            try:
-                return load_calibration(path, model, "feeds")
-            except CalibrationError as as_feeds:
-                raise CalibrationError(f"{as_feeds} (as samples: {str(as_samples).split('; ')[0]})") from None
-    return feeds_set((_as_feed(_read_one(f), specs, f) for f in files), path)
+            return as_feeds()
+        except CalibrationError as feeds_error:
+            raise CalibrationError(f"{feeds_error} (as samples: {str(as_samples).split('; ')[0]})") from None
 
 
 def collect_feeds(feeds: Iterable[Mapping[str, np.ndarray]] | object) -> tuple[Mapping[str, np.ndarray], ...]:
@@ -327,7 +336,7 @@ def calibration_from_feeds(feeds: Iterable[Mapping[str, np.ndarray]], model: onn
     return feeds_set(checked, source)
 
 
-def _check_layout(layout: str) -> None:
+def check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown calibration layout {layout!r}; use one of {', '.join(LAYOUTS)}")
 
