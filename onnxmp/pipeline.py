@@ -27,7 +27,7 @@ from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import dequantize_constant_operands, export_qdq
 from onnxmp.output.report import build_record, write_report_dir
 from onnxmp.quant import numerics
-from onnxmp.quant.calibrate import Calibration, calibrate, layer_macs
+from onnxmp.quant.calibrate import Calibration, calibrate, layer_sizes
 from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
 from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
@@ -39,7 +39,7 @@ from onnxmp.runtime.cache import ResultsCache, cache_key
 from onnxmp.runtime.data import CalibrationSet, check_layout, collect_feeds, resolve_calibration
 from onnxmp.runtime.executor import BACKENDS
 from onnxmp.runtime.session import make_session, observed_tensors, run_over
-from onnxmp.search.accuracy_target import TargetDrop, binary_search, interpolation_search
+from onnxmp.search.accuracy_target import SearchResult, TargetDrop, binary_search, interpolation_search
 from onnxmp.search.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
 from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, pareto_curve
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
@@ -265,6 +265,7 @@ class Inspection:
     macs: dict[int, int]  # per group, MACs per sample of its weighted ops
     weights: dict[int, int]  # per group, number of weights
     config: OptimizeConfig
+    activation_elements: dict[int, int] = dataclasses.field(default_factory=dict)  # per group, per sample
 
 
 def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) -> Inspection:
@@ -276,8 +277,9 @@ def inspect_model(input_path: str, config: OptimizeConfig = OptimizeConfig()) ->
     model, data, _, plan = _load_and_place(input_path, config, smooth=False)
     profile = get_target(config.target)
     allowed = profile.group_candidates(plan, config.candidates, model)
-    costs = CostModel.build(plan, layer_macs(model, plan, data), _weight_sizes(model))
-    return Inspection(plan, allowed, costs.macs, costs.weights, config)
+    macs, activation_elements = layer_sizes(model, plan, data)
+    costs = CostModel.build(plan, macs, _weight_sizes(model), activation_elements=activation_elements)
+    return Inspection(plan, allowed, costs.macs, costs.weights, config, costs.activations)
 
 
 def _weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
@@ -332,21 +334,22 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     with _timed(timings, "phase2"):
         profile = get_target(config.target)
         costs = CostModel.build(plan, analysis.calibration.macs, _weight_sizes(analysis.model), profile.latency,
-                                _layer_times(analysis, config, profile))
+                                _layer_times(analysis, config, profile), analysis.calibration.activation_elements)
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
-        curve = pareto_curve([g.gid for g in plan.groups], config.candidates, table, analysis.base_nsr, group_cost,
-                             analysis.allowed)
-        measured = _measure_curve(simulator, curve, config.measured_points)
+        curves = _family_curves(analysis, profile.families(config.candidates), table, group_cost)
         uniform = {str(c): _uniform_point(simulator, costs, analysis.allowed, c, config.metric)
                    for c in config.candidates}
-    target_record, before_fallback = None, None
+    target_record, before_fallback, families = None, None, None
     if config.target_drop is not None:
         with _timed(timings, "target search"):
-            choice, target_record = _search_target(analysis, curve, table, group_cost, config, progress)
+            curve, choice, target_record = _search_target_families(analysis, curves, table, group_cost, config,
+                                                                   progress)
+        measured = _measure_curve(simulator, curve, config.measured_points)
         chosen_nsr = simulator.nsr(choice.assignment)
     else:
-        greedy, config = _choose_for_budget(curve, config, table, group_cost)
+        curve, greedy, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
+        measured = _measure_curve(simulator, curve, config.measured_points)
         choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
                                                  group_cost)
         before_fallback = _budget_choice_entry(simulator, greedy, choice)
@@ -366,6 +369,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
+        baseline=curves[0].start, families=families,
         evaluations=simulator.evaluations, target=target_record, on_target=on_target, latency=latency,
         budget_choice=before_fallback,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
@@ -413,13 +417,60 @@ def _choose_for_budget(curve: ParetoCurve, config: OptimizeConfig, table: dict,
         return choose_for_budget(curve, exc.cheapest, table, group_cost), config
 
 
+def _family_curves(analysis: Analysis, families: tuple[tuple[Candidate, ...], ...], table: dict,
+                   group_cost) -> list[ParetoCurve]:
+    """One Pareto curve per candidate family the target lets a model mix (one, or one per
+    activation width), every curve's costs relative to the first (most expensive) one's start. A
+    family that some group cannot take at all is left out."""
+    gids = [g.gid for g in analysis.plan.groups]
+    curves: list[ParetoCurve] = []
+    for family in families:
+        allowed = {g: tuple(c for c in analysis.allowed[g] if c in family) for g in gids}
+        if not all(allowed.values()):
+            logger.info("candidates %s: some group can take none of them; not searched", ",".join(map(str, family)))
+            continue
+        curves.append(pareto_curve(gids, family, table, analysis.base_nsr, group_cost, allowed,
+                                   curves[0].baseline_cost if curves else None))
+    return curves
+
+
+def _family_name(curve: ParetoCurve) -> str:
+    return ",".join(sorted({str(c) for ladder in curve.ladders.values() for c in ladder}))
+
+
+def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], config: OptimizeConfig, table: dict,
+                           group_cost) -> tuple[ParetoCurve, Choice, OptimizeConfig, list[dict] | None]:
+    """The budget's choice on each family's curve, and the family whose choice simulates best
+    (each family's choice is evaluated once); with one family, its choice. Also what each family
+    gave, for the record."""
+    if len(curves) == 1:
+        greedy, config = _choose_for_budget(curves[0], config, table, group_cost)
+        return curves[0], greedy, config, None
+    options = []
+    for curve in curves:
+        with contextlib.suppress(BudgetTooLowError):
+            choice = choose_for_budget(curve, config.budget, table, group_cost)
+            options.append((simulator.nsr(choice.assignment), curve, choice))
+    if not options:  # below every family's cheapest point: the cheapest family decides, as with one
+        cheapest = min(curves, key=lambda c: c.points[-1].relative_cost)
+        greedy, config = _choose_for_budget(cheapest, config, table, group_cost)
+        options = [(simulator.nsr(greedy.assignment), cheapest, greedy)]
+    families = [{"candidates": _family_name(curve), "relative_cost": choice.relative_cost,
+                 "simulated_sqnr_db": numerics.nsr_to_db(nsr)} for nsr, curve, choice in options]
+    nsr, curve, choice = min(options, key=lambda o: o[0])
+    logger.info("one activation width per model: %s; %s kept", "; ".join(
+        f"{f['candidates']} at {f['relative_cost']:.3f} of the cost {f['simulated_sqnr_db']:.2f} dB" for f in families),
+        _family_name(curve))
+    return curve, choice, config, families
+
+
 def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice, measured: dict[int, float],
                         uniform: dict[str, dict], allowed: dict, config: OptimizeConfig, group_cost
                         ) -> tuple[Choice, float]:
     """The budget choice, unless a measured curve point or uniform assignment within the budget
     measured better: Phase 1's additive-noise estimate can be wrong where noises interact, and
     what was measured wins over what was estimated."""
-    baseline_cost = curve.points[0].cost or 1.0
+    baseline_cost = curve.baseline_cost
     best = (simulator.nsr(choice.assignment), choice)
     options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
     options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates]
@@ -462,8 +513,27 @@ def _export(analysis: Analysis, assignment: Assignment) -> onnx.ModelProto:
     return export_qdq(analysis.model, analysis.plan, analysis.params, assignment)
 
 
+def _search_target_families(analysis: Analysis, curves: list[ParetoCurve], table, group_cost, config: OptimizeConfig,
+                            progress: Progress | None) -> tuple[ParetoCurve, Choice, dict]:
+    """The accuracy-target search on each family's curve; the cheapest point that meets the
+    target wins (with one family, that family's point)."""
+    found, baseline = [], None
+    for curve in curves:  # the first family's start is the baseline every family's points are held to
+        suffix = "" if len(curves) == 1 else "-" + _slug(_family_name(curve))
+        choice, record = _search_target(analysis, curve, table, group_cost, config, progress, suffix, baseline)
+        baseline = record["baseline_score"]
+        found.append((record["chosen_score"] < record["threshold"], choice.cost, curve, choice, record))
+    _, _, curve, choice, record = min(found, key=lambda f: (f[0], f[1]))
+    if len(found) > 1:
+        record["families"] = [{"candidates": _family_name(c), "chosen_index": r["chosen_index"],
+                               "relative_cost": ch.relative_cost, "score": r["chosen_score"]}
+                              for _, _, c, ch, r in found]
+    return curve, choice, record
+
+
 def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, config: OptimizeConfig,
-                   progress: Progress | None) -> tuple[Choice, dict]:
+                   progress: Progress | None, key_suffix: str = "", baseline: float | None = None
+                   ) -> tuple[Choice, dict]:
     """Find the cheapest curve point whose measured score is within the target drop.
 
     Each probe exports the point's real QDQ model and scores it; scores are stored in the cache
@@ -471,7 +541,7 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
     """
     evaluator = _make_evaluator(analysis, config)
     drop = TargetDrop.parse(config.target_drop)
-    key = f"scores-{_slug(evaluator.source)}.json"
+    key = f"scores-{_slug(evaluator.source)}{key_suffix}.json"
     stored = analysis.cache.load_json(key) or {}
     scores: dict[int, float] = {int(k): v for k, v in stored.items()}
     fresh: list[int] = []
@@ -490,13 +560,17 @@ def _search_target(analysis: Analysis, curve: ParetoCurve, table, group_cost, co
                         evaluator.metric, scores[index])
         return scores[index]
 
-    baseline = score_at(0)
+    start = score_at(0)
+    baseline = start if baseline is None else baseline
     threshold = drop.threshold(baseline)
     estimate = [-p.est_nsr for p in curve.points]
-    result = interpolation_search(len(curve.points), score_at, threshold, estimate, {0: baseline})
+    if start < threshold:  # a family whose most precise point misses the target has nothing to offer
+        result = SearchResult(0, {0: start})
+    else:
+        result = interpolation_search(len(curve.points), score_at, threshold, estimate, {0: start})
     plain = None
-    if config.compare_binary_search:
-        plain = binary_search(len(curve.points), score_at, threshold, {0: baseline})
+    if config.compare_binary_search and start >= threshold:
+        plain = binary_search(len(curve.points), score_at, threshold, {0: start})
     point = curve.points[result.index]
     choice = Choice(curve.assignment_at(result.index), point.cost, point.relative_cost, point.est_nsr,
                     result.index, False)
@@ -569,8 +643,11 @@ def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict
 
 
 def uniform_assignment(allowed: dict[int, tuple[Candidate, ...]], cand: Candidate) -> dict[int, Candidate]:
-    """Every group at ``cand``; where the target does not allow it, at the group's highest."""
-    return {gid: cand if cand in options else options[-1] for gid, options in allowed.items()}
+    """Every group at ``cand``; where the target does not allow it, at the group's highest of the
+    same activation width (a target may run one width per model), else its highest."""
+    def fallback(options: tuple[Candidate, ...]) -> Candidate:
+        return ([o for o in options if o.a_bits == cand.a_bits] or list(options))[-1]
+    return {gid: cand if cand in options else fallback(options) for gid, options in allowed.items()}
 
 
 def _uniform_point(simulator: Simulator, costs: CostModel, allowed: dict, cand: Candidate, metric: str) -> dict:

@@ -178,3 +178,28 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"onnxmp {onnxmp.__version__}"
+
+
+def test_bytes_metric_counts_weights_and_activations_at_their_widths(tmp_path):
+    """Under ``bytes`` a group costs its weights and its quantized activations at their widths,
+    checked against a hand count of the tensors' elements per sample; a float group counts 4 bytes
+    an element, so no quantizer is free (under bops a weightless group costs nothing)."""
+    from onnxmp import OptimizeConfig, inspect_model
+    from onnxmp.quant.candidates import Candidate
+    from onnxmp.quant.cost import CostModel
+
+    model = tmp_path / "m.onnx"
+    _conv_gemm(model)
+    plan = inspect_model(str(model), OptimizeConfig(target="generic"))
+    elements = {"x": 3 * 8 * 8, "c": 4 * 8 * 8, "r": 4 * 8 * 8, "f": 4 * 8 * 8, "y": 5}  # per sample, by hand
+    weights = {"w": 4 * 3 * 3 * 3, "fc_w": 5 * 256}
+    costs = CostModel(plan.macs, plan.weights, activations=plan.activation_elements)
+    for group in plan.plan.groups:
+        assert set(group.activations) <= set(elements)
+        for cand in (Candidate(4, 8), Candidate(8, 16), Candidate(32, 32)):
+            expected = (sum(weights[w] for w in group.weights) * cand.w_bits
+                        + sum(elements[a] for a in group.activations) * cand.a_bits) / 8
+            assert costs.group_cost(group.gid, cand, "bytes") == expected, (group.label, cand)
+    weightless = [g for g in plan.plan.groups if not g.weights]
+    assert weightless and all(costs.group_cost(g.gid, Candidate(8, 16), "bops") == 0 < costs.group_cost(
+        g.gid, Candidate(8, 16), "bytes") for g in weightless)

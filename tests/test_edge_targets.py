@@ -116,7 +116,10 @@ def test_profiles_narrow_each_groups_candidates():
     plan = find_quantizers(prepare_model(onnx.load(DIGITS)))
     candidates = parse_candidates("W4A8,W8A8,W4A16,W8A16")
     qnn = get_target("qnn-htp").group_candidates(plan, candidates)
-    assert all(c.a_bits == 16 for options in qnn.values() for c in options)  # one activation width per model
+    assert all(options == candidates for options in qnn.values())  # Phase 1 measures every width
+    # one activation width per model: Phase 2 searches each width's candidates apart
+    assert get_target("qnn-htp").families(candidates) == (parse_candidates("W4A16,W8A16"), parse_candidates("W4A8,W8A8"))
+    assert get_target("ort").families(candidates) == (candidates,)
     ov = get_target("openvino")
     with pytest.raises(ConfigError, match="does not run W8A16"):
         ov.group_candidates(plan, candidates)  # 16-bit activations are not integer on OpenVINO
@@ -126,6 +129,29 @@ def test_profiles_narrow_each_groups_candidates():
     assert conv_groups and all(allowed[g.gid] == parse_candidates("W8A8") for g in conv_groups)  # no W4 Conv
     with pytest.raises(ConfigError, match="qnn-htp does not run W16A16"):
         get_target("qnn-htp").group_candidates(plan, parse_candidates("W8A16,W16A16"))
+
+
+def test_one_width_per_model_searches_each_width_and_keeps_the_better(monkeypatch, tmp_path):
+    """qnn-htp at the BOPs of W8A8: the 16-bit family can only reach it as all-W4A16; the 8-bit
+    family's W8A8 point is searched too and kept where it simulates better. The output carries one
+    activation type, and its SQNR on onnxruntime is no worse than the all-W4A16 model's."""
+    from onnxmp import pipeline
+
+    profile = dataclasses.replace(get_target("qnn-htp"), verify=None)  # the search, without the HTP runtime
+    monkeypatch.setattr(pipeline, "get_target", lambda name: profile)
+    config = OptimizeConfig(budget=0.5, calib="models/digits/calib.npz", cache_dir=None, target="qnn-htp")
+    out = tmp_path / "htp.onnx"
+    record = optimize(DIGITS, str(out), config).record
+    families = {f["candidates"]: f for f in record["chosen"]["families"]}
+    assert set(families) == {"W4A16,W8A16", "W4A8,W8A8"}
+    assert families["W4A16,W8A16"]["relative_cost"] == pytest.approx(0.5)  # all-W4A16, the only 16-bit point
+    assert record["chosen"]["relative_cost"] <= 0.5 + 1e-9
+    kept = max(families.values(), key=lambda f: f["simulated_sqnr_db"])
+    assert set(record["chosen"]["mix"]) <= set(kept["candidates"].split(","))
+    assert _activation_types(onnx.load(str(out))) == {TensorProto.UINT8 if "A8" in kept["candidates"] else TensorProto.UINT16}
+    w4a16 = optimize(DIGITS, None, dataclasses.replace(config, candidates=parse_candidates("W4A16,W8A16"))).record
+    assert {g["candidate"] for g in w4a16["groups"] if g["num_weights"]} == {"W4A16"}
+    assert record["chosen"]["sqnr_db_ort_default"] >= w4a16["chosen"]["sqnr_db_ort_default"] - 0.1
 
 
 def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):

@@ -28,10 +28,12 @@ def _group_entry(group, cand, costs) -> dict:
 
 def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, curve, choice, chosen_nsr,
                  measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround,
-                 on_target=None, latency=None, budget_choice=None) -> dict:
-    """Everything a user needs to trust (or question) the result, as plain JSON types."""
+                 on_target=None, latency=None, budget_choice=None, baseline=None, families=None) -> dict:
+    """Everything a user needs to trust (or question) the result, as plain JSON types.
+    ``baseline``: the all-highest assignment (default: the curve's start); ``families``: where
+    the target runs one activation width per model, what each width's search chose."""
     assignment = choice.assignment
-    baseline_cost = curve.points[0].cost or 1.0
+    baseline_cost = curve.baseline_cost
     groups = {g.gid: g for g in plan.groups}
     return {
         "onnxmp_version": __version__,
@@ -44,7 +46,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
             "calibration_samples": num_samples,
         },
         "baseline": {"candidate": str(config.candidates[-1]), "sqnr_db": numerics.nsr_to_db(base_nsr),
-                     "cost": baseline_cost, **costs.summary(curve.start)},
+                     "cost": baseline_cost, **costs.summary(curve.start if baseline is None else baseline)},
         "chosen": {
             "curve_index": choice.curve_index,
             "refined": choice.refined,
@@ -55,6 +57,7 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
             **costs.summary(assignment),
             "mix": _mix(assignment),
             "budget_choice": budget_choice,  # the search's own pick before a measured point replaced it
+            "families": families,  # one activation width per model: each width's choice
         },
         "groups": [_group_entry(groups[gid], cand, costs) for gid, cand in sorted(assignment.items())],
         "uniform": {name: {**u, "relative_cost": u["cost"] / baseline_cost, } for name, u in uniform.items()},

@@ -59,6 +59,7 @@ class Calibration:
     stats: dict[str, ActivationStats]
     macs: dict[str, int]  # weighted op node name -> multiply-accumulates per sample
     non_finite: tuple[str, ...] = ()  # activations holding NaN or Inf on some sample: no stats, stay float
+    activation_elements: dict[str, int] = dataclasses.field(default_factory=dict)  # tensor -> elements per sample
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for the results cache (tensor names can hold any character,
@@ -69,6 +70,7 @@ class Calibration:
             st = self.stats[name]
             arrays[f"hist{i}"], arrays[f"edges{i}"] = st.hist, st.edges
         meta = {"names": names, "macs": self.macs, "non_finite": list(self.non_finite),
+                "activation_elements": self.activation_elements,
                 "scalars": [[self.stats[n].minimum, self.stats[n].maximum, self.stats[n].zeros] for n in names]}
         return arrays, meta
 
@@ -77,7 +79,8 @@ class Calibration:
         stats = {}
         for i, (name, (lo, hi, zeros)) in enumerate(zip(meta["names"], meta["scalars"], strict=True)):
             stats[name] = ActivationStats(lo, hi, arrays[f"hist{i}"], arrays[f"edges{i}"], int(zeros))
-        return cls(stats, {k: int(v) for k, v in meta["macs"].items()}, tuple(meta.get("non_finite", ())))
+        return cls(stats, {k: int(v) for k, v in meta["macs"].items()}, tuple(meta.get("non_finite", ())),
+                   {k: int(v) for k, v in meta.get("activation_elements", {}).items()})
 
 
 def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[str]):
@@ -106,6 +109,7 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
     out_elems: dict[str, int] = {}
+    act_elems = dict.fromkeys(names, 0)
     non_finite: set[str] = set()
     samples = 0
     for run, (count, values) in enumerate(_observed_values(model, data, watched), 1):
@@ -113,6 +117,7 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
         samples += count
         for name in names:
             arr = values[name]
+            act_elems[name] += arr.size
             if arr.size and not np.isfinite(arr).all():
                 non_finite.add(name)
             elif arr.size:
@@ -133,7 +138,8 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
     for name in set(names) - set(stats) - non_finite:
         logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
         stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
-    return Calibration(stats, _macs_per_sample(plan, out_elems, samples), tuple(n for n in names if n in non_finite))
+    return Calibration(stats, _macs_per_sample(plan, out_elems, samples), tuple(n for n in names if n in non_finite),
+                       {n: round(count / max(samples, 1)) for n, count in act_elems.items()})
 
 
 def _macs_per_sample(plan: QuantPlan, out_elems: dict[str, int], samples: int) -> dict[str, int]:
@@ -141,9 +147,10 @@ def _macs_per_sample(plan: QuantPlan, out_elems: dict[str, int], samples: int) -
     return {op.node: round(out_elems[op.macs_tensor] / max(samples, 1)) * op.reduction for op in plan.weighted_ops}
 
 
-def layer_macs(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> dict[str, int]:
-    """MACs per sample of each weighted op from one float run on the first feed: the shapes a
-    dry run needs, without the statistics of a calibration."""
-    outputs = list(dict.fromkeys(op.macs_tensor for op in plan.weighted_ops))
+def layer_sizes(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet) -> tuple[dict[str, int], dict[str, int]]:
+    """MACs per sample of each weighted op and elements per sample of each activation, from one
+    float run on the first feed: the shapes a dry run needs, without the statistics of a calibration."""
+    outputs = list(dict.fromkeys([op.macs_tensor for op in plan.weighted_ops] + list(plan.activations)))
     count, values = next(_observed_values(model, data, outputs))
-    return _macs_per_sample(plan, {name: values[name].size for name in outputs}, count)
+    sizes = {name: values[name].size for name in outputs}
+    return _macs_per_sample(plan, sizes, count), {n: round(sizes[n] / max(count, 1)) for n in plan.activations}

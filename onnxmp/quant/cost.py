@@ -1,10 +1,13 @@
-"""The cost model: BOPs (MACs × weight bits × activation bits), weight memory (bits), or the
-latency a runtime was measured to take per MAC of each op type at each candidate.
+"""The cost model: BOPs (MACs × weight bits × activation bits), weight memory (bits), bytes
+(weights and quantized activations at their widths: what a deployment moves), or the latency a
+runtime was measured to take per MAC of each op type at each candidate.
 
 Conv, ConvTranspose, Gemm and MatMul all count, so transformers (whose linear layers are
-MatMul) have something to mix. Groups without weights cost nothing under any metric: their
-quantize/dequantize pairs are not counted (under ``latency``, placement keeps those few: a
-runtime's own integer ops between its integer kernels).
+MatMul) have something to mix. Under ``bops``, ``memory`` and ``latency`` a group without weights
+costs nothing: its quantize/dequantize pairs are not counted (under ``latency``, placement keeps
+those few: a runtime's own integer ops between its integer kernels). Under ``bytes`` every
+quantized activation counts at its width per sample (a float one at 32 bits), so no quantizer
+is free: on an accelerator a 16-bit tensor moves twice the bytes of an 8-bit one.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from onnxmp.errors import ConfigError
 from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 
-METRICS = ("bops", "memory", "latency")
-METRIC_HELP = ("bops: MACs x weight bits x activation bits; memory: weight bits; latency: MACs x each layer's time "
-               "relative to float on the target's runtime, W8A8 measured layer by layer on this machine, other "
-               "candidates their op type's measured factor (targets: ort)")
+METRICS = ("bops", "memory", "bytes", "latency")
+METRIC_HELP = ("bops: MACs x weight bits x activation bits; memory: weight bits; bytes: weight bytes plus, per "
+               "sample, every quantized activation tensor's bytes at its width (float: 4 bytes an element); latency: "
+               "MACs x each layer's time relative to float on the target's runtime, W8A8 measured layer by layer on "
+               "this machine, other candidates their op type's measured factor (targets: ort)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +51,13 @@ class CostModel:
     ops: dict[int, tuple[tuple[str, str, int], ...]] = dataclasses.field(default_factory=dict)  # (node, type, MACs)
     latency: LatencyTable | None = None
     layer_ms: dict[str, dict[str, float]] | None = None  # node -> {"FP32": ms, "W8A8": ms}, measured
+    activations: dict[int, int] = dataclasses.field(default_factory=dict)  # group id -> activation elements per sample
 
     @classmethod
     def build(cls, plan: QuantPlan, layer_macs: dict[str, int], weight_sizes: dict[str, int],
-              latency: LatencyTable | None = None, layer_ms: dict[str, dict[str, float]] | None = None) -> CostModel:
+              latency: LatencyTable | None = None, layer_ms: dict[str, dict[str, float]] | None = None,
+              activation_elements: dict[str, int] | None = None) -> CostModel:
+        """``activation_elements``: elements per sample of each activation tensor (metric bytes)."""
         group_of = plan.group_of_weight()
         macs = {g.gid: 0 for g in plan.groups}
         weights = {g.gid: 0 for g in plan.groups}
@@ -63,13 +70,17 @@ class CostModel:
             if op.weight not in counted:  # a shared weight is stored once
                 weights[gid] += weight_sizes[op.weight]
                 counted.add(op.weight)
-        return cls(macs, weights, {g: tuple(v) for g, v in ops.items()}, latency, layer_ms)
+        sizes = activation_elements or {}
+        acts = {g.gid: sum(sizes.get(a, 0) for a in g.activations) for g in plan.groups}
+        return cls(macs, weights, {g: tuple(v) for g, v in ops.items()}, latency, layer_ms, acts)
 
     def group_cost(self, gid: int, cand: Candidate, metric: str) -> float:
         if metric == "bops":
             return float(self.macs[gid] * cand.w_bits * cand.a_bits)
         if metric == "memory":
             return float(self.weights[gid] * cand.w_bits)
+        if metric == "bytes":
+            return (self.weights[gid] * cand.w_bits + self.activations.get(gid, 0) * cand.a_bits) / 8.0
         if metric == "latency":
             if self.latency is None:
                 raise ConfigError("--metric latency needs a target whose runtime's latency was measured (--target ort)")

@@ -37,6 +37,7 @@ class ParetoCurve:
     points: tuple[CurvePoint, ...]
     ladders: dict[int, list[Candidate]]
     base_nsr: float
+    baseline_cost: float  # what relative costs are fractions of (the all-highest assignment's cost)
 
     def assignment_at(self, index: int) -> dict[int, Candidate]:
         """Replay the first ``index`` moves from the all-highest start."""
@@ -69,19 +70,22 @@ def group_ladder(gid: int, candidates: tuple[Candidate, ...], nsr: dict[tuple[in
 
 
 def pareto_curve(gids: list[int], candidates: tuple[Candidate, ...], nsr: dict[tuple[int, Candidate], float],
-                 base_nsr: float, cost: CostFn, allowed: dict[int, tuple[Candidate, ...]] | None = None) -> ParetoCurve:
+                 base_nsr: float, cost: CostFn, allowed: dict[int, tuple[Candidate, ...]] | None = None,
+                 baseline_cost: float | None = None) -> ParetoCurve:
     """The greedy curve from all-highest down to the cheapest reachable assignment.
 
     ``cost(gid, cand)`` is the group's cost at a candidate; ``nsr[(gid, cand)]`` its Phase 1
     noise-to-signal ratio; ``allowed[gid]`` narrows a group's candidates (a target's rules). A
     measurement below the baseline (a lower bit-width that happened to cancel other noise) counts
-    as adding no noise, so the estimate never improves by quantizing.
+    as adding no noise, so the estimate never improves by quantizing. Relative costs are fractions
+    of ``baseline_cost`` (default: the curve's own start), so that curves over different candidate
+    families (one activation width each) are read against one budget.
     """
     nsr = {key: max(value, base_nsr) for key, value in nsr.items()}
     ladders = {g: group_ladder(g, (allowed or {}).get(g, candidates), nsr, cost) for g in gids}
     position = {g: 0 for g in gids}
     start = {g: ladders[g][0] for g in gids}
-    baseline_cost = sum(cost(g, start[g]) for g in gids) or 1.0
+    baseline_cost = baseline_cost or sum(cost(g, start[g]) for g in gids) or 1.0
     total_cost = float(sum(cost(g, start[g]) for g in gids))
     est = base_nsr + sum(nsr[(g, start[g])] - base_nsr for g in gids)
     points = [CurvePoint(0, total_cost, total_cost / baseline_cost, est, None)]
@@ -102,7 +106,7 @@ def pareto_curve(gids: list[int], candidates: tuple[Candidate, ...], nsr: dict[t
         total_cost -= cost(g, cur) - cost(g, nxt)
         est += nsr[(g, nxt)] - nsr[(g, cur)]
         points.append(CurvePoint(len(points), total_cost, total_cost / baseline_cost, est, (g, cur, nxt)))
-    return ParetoCurve(start, tuple(points), ladders, base_nsr)
+    return ParetoCurve(start, tuple(points), ladders, base_nsr, baseline_cost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +148,7 @@ def choose_for_budget(curve: ParetoCurve, budget: float, nsr: dict[tuple[int, Ca
     groups back (most noise removed per unit of cost first).
     """
     index = pick_for_budget(curve, budget)
-    baseline_cost = curve.points[0].cost or 1.0
+    baseline_cost = curve.baseline_cost
     limit = budget * baseline_cost * (1 + 1e-9)
     total = lambda a: sum(cost(g, c) for g, c in a.items())  # noqa: E731
     best = curve.assignment_at(index)

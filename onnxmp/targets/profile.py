@@ -26,7 +26,7 @@ class TargetProfile:
     weight_bits: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)
     default_candidates: str = DEFAULT_CANDIDATES  # what the CLI searches when --candidates is not given
     static_shapes: bool = False  # the toolchain refuses symbolic dimensions
-    mixed_activation_bits: bool = True  # False: every activation takes the most expensive candidate's bits
+    mixed_activation_bits: bool = True  # False: one activation width per model (each width searched apart)
     extra: str | None = None  # pip extra with the target's runtime
     verify: Callable | None = None  # verify(model, data, observed, reference, folder) -> dict
     open_session: Callable | None = None  # model path -> object with run(names, feeds) and get_outputs()
@@ -52,14 +52,23 @@ class TargetProfile:
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
 
-    def allows(self, op_types: set[str], cand: Candidate, highest: Candidate | None = None) -> bool:
+    def allows(self, op_types: set[str], cand: Candidate) -> bool:
         if cand.is_float:
             return self.runs_float
         if cand.a_bits not in self.activation_bits:
             return False
-        if not self.mixed_activation_bits and highest is not None and cand.a_bits != highest.a_bits:
-            return False
         return all(cand.w_bits in self.weight_bits.get(t, self.default_weight_bits) for t in op_types)
+
+    def families(self, candidates: tuple[Candidate, ...]) -> tuple[tuple[Candidate, ...], ...]:
+        """The candidate sets a model's groups may mix: all of them, or, where the target runs one
+        activation width per model, one set per width (most expensive set first). Phase 1
+        measures every candidate; Phase 2 searches each family and keeps the best point within
+        the budget, so a width whose cheapest point is the only one in budget (all-W4A16 at the
+        BOPs of W8A8) does not hide a better one of another width (W8A8)."""
+        if self.mixed_activation_bits:
+            return (candidates,)
+        widths = sorted({c.a_bits for c in candidates}, reverse=True)
+        return tuple(tuple(c for c in candidates if c.a_bits == bits) for bits in widths)
 
     def group_candidates(self, plan: QuantPlan, candidates: tuple[Candidate, ...],
                          model: onnx.ModelProto | None = None) -> dict[int, tuple[Candidate, ...]]:
@@ -78,7 +87,7 @@ class TargetProfile:
             types = set().union(*(op_types[w] for w in group.weights)) if group.weights else set()
             read_by = set().union(*(readers.get(a, set()) for a in group.activations)) if group.activations else set()
             allowed[group.gid] = tuple(
-                c for c in candidates if self.allows(types, c, candidates[-1])
+                c for c in candidates if self.allows(types, c)
                 and not read_by & self.activation_readers_refused.get(c.a_bits, frozenset()))
             if candidates[-1] not in allowed[group.gid]:
                 refused = read_by & self.activation_readers_refused.get(candidates[-1].a_bits, frozenset())
