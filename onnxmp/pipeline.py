@@ -457,7 +457,7 @@ def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], conf
         options = [(simulator.nsr(greedy.assignment), cheapest, greedy)]
     families = [{"candidates": _family_name(curve), "relative_cost": choice.relative_cost,
                  "simulated_sqnr_db": numerics.nsr_to_db(nsr)} for nsr, curve, choice in options]
-    nsr, curve, choice = min(options, key=lambda o: o[0])
+    _, curve, choice = min(options, key=lambda o: o[0])
     logger.info("one activation width per model: %s; %s kept", "; ".join(
         f"{f['candidates']} at {f['relative_cost']:.3f} of the cost {f['simulated_sqnr_db']:.2f} dB" for f in families),
         _family_name(curve))
