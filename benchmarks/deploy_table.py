@@ -1,6 +1,6 @@
 """What ships, where it ships: latency, task score and SQNR of the written files on onnxruntime CPU.
 
-    python benchmarks/deploy_table.py [--models digits ppocr_cls ...] [--budgets 0.35,0.5] [--samples N]
+    python benchmarks/deploy_table.py [--models digits ppocr_cls ...] [--budgets 0.35] [--samples N]
                                       [--runs 30] [--threads 1,2]
 
 Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate);
@@ -12,7 +12,11 @@ made first, then ``--runs`` rounds that time one run of each variant in turn (in
 noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in the graph
 onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR: every
 model output against the float model's, over the calibration samples; task score: the model's
-labelled evaluator; mean cosine: per sample, between the first output and the float model's. All rows come from one run at one commit.
+labelled evaluator; mean cosine: per sample, between the first output and the float model's.
+OpenVINO (where the ``openvino`` extra is installed): the same files timed the same way on its
+CPU plugin, one thread, one stream. Cost: each onnxmp variant's cost under the default metric,
+relative to float; per model a note says whether each mixed point is at least as good (task score
+and SQNR) as uniform W8A8 where that costs as much or more. All rows come from one run at one commit.
 
 Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
 """
@@ -22,10 +26,12 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import importlib.util
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -44,8 +50,9 @@ from onnxmp.runtime.data import read_npz  # noqa: E402
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
-HEADER = ["model", "variant", "task score", "SQNR dB", "mean cosine", "ms (1 thread)", "× float", "ms (2 threads)", "× float ",
-          "kernels (integer / float)", "activation quantizers", "KiB"]
+HEADER = ["model", "variant", "cost (latency est.)", "task score", "SQNR dB", "mean cosine", "ms (1 thread)", "× float",
+          "ms (2 threads)", "× float ", "ms OpenVINO (1 thread)", "× float  ", "kernels (integer / float)",
+          "activation quantizers", "KiB"]
 
 
 def session(path: str, threads: int, optimized_path: str | None = None) -> ort.InferenceSession:
@@ -69,19 +76,48 @@ def kernels(path: str) -> str:
     return f"{show(integer)} / {show(floats)}"
 
 
-def latencies(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, float]:
+def ort_runner(path: str, threads: int) -> Callable[[dict[str, np.ndarray]], object]:
+    s = session(path, threads)
+    return lambda feeds: s.run(None, feeds)
+
+
+def openvino_runner(path: str) -> Callable[[dict[str, np.ndarray]], object]:
+    """One inference on OpenVINO's CPU plugin, one thread and one stream (like the onnxruntime column)."""
+    import openvino as ov
+
+    core = ov.Core()
+    request = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}
+                                 ).create_infer_request()
+    return lambda feeds: request.infer(feeds)
+
+
+def latencies(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], feeds: dict[str, np.ndarray],
+              runs: int) -> dict[str, float]:
     """Median milliseconds of one run per variant, interleaved."""
-    sessions = {name: session(path, threads) for name, path in paths.items()}
-    for s in sessions.values():  # warm up
+    for run in runners.values():  # warm up
         for _ in range(3):
-            s.run(None, feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+            run(feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
-        for name, s in sessions.items():
+        for name, run in runners.items():
             start = time.perf_counter()
-            s.run(None, feeds)
+            run(feeds)
             times[name].append(time.perf_counter() - start)
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def openvino_latencies(paths: dict[str, str], feeds: dict[str, np.ndarray], runs: int,
+                       notes: dict[str, str], model: str) -> dict[str, float]:
+    """The variants OpenVINO compiles, timed on it; the others noted. Empty where OpenVINO is not installed."""
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    runners = {}
+    for name, path in paths.items():
+        try:
+            runners[name] = openvino_runner(path)
+        except Exception as exc:  # a model OpenVINO refuses is a result, not a crash
+            notes[f"{model}/{name}"] = f"OpenVINO cannot compile it: {str(exc).strip().splitlines()[0][:200]}"
+    return latencies(runners, feeds, runs)
 
 
 def outputs(path: str, arrays: dict[str, np.ndarray], batch: int = 16) -> list[np.ndarray]:
@@ -113,11 +149,12 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     configs = {"onnxmp uniform W8A8": OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0)}
     configs["onnxmp default"] = OptimizeConfig()
     configs.update({f"onnxmp budget {b:g}": OptimizeConfig(budget=b) for b in budgets})
+    records = {}
     for name, config in configs.items():
         out = os.path.join(folder, name.replace(" ", "_") + ".onnx")
         start = time.perf_counter()
         try:
-            optimize(bench.model, out, dataclasses.replace(config, calib=calib, cache_dir=cache))
+            records[name] = optimize(bench.model, out, dataclasses.replace(config, calib=calib, cache_dir=cache)).record
         except BudgetTooLowError as exc:
             notes[f"{bench.name}/{name}"] = str(exc)
             continue
@@ -129,29 +166,70 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
         notes[bench.name] = peer_note
     paths["onnxruntime quantize_static W8A8"] = peer
     reference = outputs(bench.model, arrays)
-    timed = {t: latencies(paths, feeds, t, runs) for t in threads}
-    rows = []
+    timed = {t: latencies({n: ort_runner(p, t) for n, p in paths.items()}, feeds, runs) for t in threads}
+    on_openvino = openvino_latencies(paths, feeds, runs, notes, bench.name)
+    costs = estimated_costs(records)
+    rows, scores = [], {}
     for name, path in paths.items():
         values = outputs(path, arrays)
         quality = ["float", "1"] if name == "float" else [f"{numerics.sqnr_db(reference, values):.2f}",
                                                           f"{mean_cosine(reference[0], values[0]):.4f}"]
-        cells = [bench.name, name, f"{bench.evaluate(path):.4f}", *quality]
-        for t in (1, 2):
-            if t in timed:
-                ms = timed[t][name]
-                cells += [f"{ms:.2f}", f"{ms / timed[t]['float']:.2f}"]
-            else:
-                cells += ["", ""]
+        scores[name] = (bench.evaluate(path), numerics.sqnr_db(reference, values))
+        cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}", *quality]
+        for ms, base in [*((timed[t].get(name), timed[t]["float"]) if t in timed else (None, None) for t in (1, 2)),
+                         (on_openvino.get(name), on_openvino.get("float"))]:
+            cells += ["", ""] if ms is None or base is None else [f"{ms:.2f}", f"{ms / base:.2f}"]
         cells += [kernels(path), str(activation_quantizers(path)), f"{os.path.getsize(path) / 1024:.0f}"]
         rows.append(cells)
         print(" | ".join(cells), flush=True)
+    verdict = mixed_vs_uniform(records, scores)
+    if verdict:
+        notes[f"{bench.name}/mixed vs uniform"] = verdict
     return rows, notes
+
+
+def estimated_costs(records: dict[str, dict]) -> dict[str, str]:
+    """Each onnxmp variant's cost under the default metric (``ort``: the layers' estimated latency),
+    relative to the float model; uniform W8A8's from the default run's uniform points."""
+    default = records.get("onnxmp default")
+    if default is None:
+        return {}
+    costs = {"float": "1.000"}
+    if "W8A8" in default["uniform"]:
+        costs["onnxmp uniform W8A8"] = f"{default['uniform']['W8A8']['relative_cost']:.3f}"
+    for name, record in records.items():
+        if name != "onnxmp uniform W8A8" and record["options"]["metric"] == default["options"]["metric"]:
+            costs[name] = f"{record['chosen']['relative_cost']:.3f}"
+    return costs
+
+
+def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, float]]) -> str:
+    """Whether every mixed point is at least as good (task score and SQNR) as uniform W8A8 where
+    uniform W8A8 costs as much or more: the issue's test of mixed precision, on the written files."""
+    default = records.get("onnxmp default")
+    if default is None or "onnxmp uniform W8A8" not in scores or "W8A8" not in default["uniform"]:
+        return ""
+    uniform_cost = default["uniform"]["W8A8"]["relative_cost"]
+    u_score, u_sqnr = scores["onnxmp uniform W8A8"]
+    parts = []
+    for name, record in records.items():
+        if name == "onnxmp uniform W8A8" or name not in scores:
+            continue
+        cost = record["chosen"]["relative_cost"]
+        score, sqnr = scores[name]
+        if cost > uniform_cost + 1e-9:
+            parts.append(f"{name} (cost {cost:.3f}) costs more than uniform W8A8 ({uniform_cost:.3f}): not compared")
+            continue
+        ok = score >= u_score and sqnr >= u_sqnr
+        parts.append(f"{name} (cost {cost:.3f} ≤ uniform W8A8's {uniform_cost:.3f}): task score {score:.4f} vs "
+                     f"{u_score:.4f}, SQNR {sqnr:.2f} vs {u_sqnr:.2f} dB: {'at least as good' if ok else 'WORSE'}")
+    return "; ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*")
-    parser.add_argument("--budgets", default="0.35,0.7", help="explicit budgets, besides the default one")
+    parser.add_argument("--budgets", default="0.35", help="explicit budgets, besides the default one (0.5)")
     parser.add_argument("--samples", type=int, default=None, help="calibrate on the first N samples only")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
@@ -169,8 +247,13 @@ def main() -> None:
                f"Measured by `{' '.join(['python benchmarks/deploy_table.py', *sys.argv[1:]])}`"
                f" at {git_state()}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. One sample per run, "
                f"median of {args.runs} interleaved runs; × float: the variant's time over the float model's in the same "
-               "run; SQNR of every output against float over the calibration samples; kernels: integer / float compute "
-               "kernels of the graph onnxruntime optimizes the file into.")
+               "run; OpenVINO: the same files on OpenVINO's CPU plugin (one thread, one stream, its default inference "
+               "precision), × float against the float model there; SQNR of every output against float over the "
+               "calibration samples; kernels: integer / float compute kernels of the graph onnxruntime optimizes the "
+               "file into; cost: each onnxmp variant's cost under `--target ort`'s default metric (the layers' "
+               "latency estimated from timings of each layer alone), relative to the float model; "
+               "**mixed vs uniform** notes compare each mixed point with uniform W8A8 where that costs as much or "
+               "more.")
     publish_merged("deploy.md", caption, HEADER, rows, notes)
 
 
