@@ -41,7 +41,7 @@ from onnxmp.runtime.executor import BACKENDS
 from onnxmp.runtime.session import make_session, observed_tensors, run_over
 from onnxmp.search.accuracy_target import SearchResult, TargetDrop, binary_search, interpolation_search
 from onnxmp.search.evaluate import Evaluator, agreement_evaluator, call_evaluator, labels_evaluator
-from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, pareto_curve
+from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, group_ladder, pareto_curve
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
 from onnxmp.search.phase1 import sensitivity_list
 from onnxmp.search.sensitivity import Sensitivity
@@ -152,6 +152,7 @@ class Analysis:
     timings: dict[str, float]
     rounding: RoundingReport | None
     allowed: dict[int, tuple[Candidate, ...]]  # per group, the candidates the target allows
+    costs: CostModel  # what each group costs at each candidate, under every metric
 
 
 @contextlib.contextmanager
@@ -201,10 +202,14 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             model, plan, data, _stage_progress(progress, "calibrate"))
         plan = _keep_non_finite_float(model, plan, calibration, quantized_ops, profile)
         allowed = profile.group_candidates(plan, config.candidates, model)
-        hit = reuse and cached.get("groups") == len(plan.groups)
         observed = observed_tensors(model)
         reference = run_over(make_session(model, outputs=observed), data, observed)
         params = QuantParams(model, plan, calibration, profile.range_margin)
+    costs = CostModel.build(plan, calibration.macs, _weight_sizes(model), profile.latency,
+                            _layer_times(model, plan, data, params, cache, config, profile, timings),
+                            calibration.activation_elements)
+    worth = _worth_measuring(plan, allowed, costs, config, profile)
+    hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
     if bits:
         with _timed(timings, "adaround"):
@@ -220,11 +225,38 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
             phase1 = sensitivity_list(simulator, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
-                                      config.workers, config.max_memory, config.backend, allowed)
+                                      config.workers, config.max_memory, config.backend, worth)
             base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
     return Analysis(model, data, heldout, plan, calibration, params, simulator, base_nsr, sensitivities,
-                    cache, hit, timings, rounding, allowed)
+                    cache, hit, timings, rounding, allowed, costs)
+
+
+def _worth_measuring(plan: QuantPlan, allowed: dict[int, tuple[Candidate, ...]], costs: CostModel,
+                     config: OptimizeConfig, profile) -> dict[int, tuple[Candidate, ...]]:
+    """Per group, the candidates Phase 2 can choose: those on its ladder in some candidate family
+    (a candidate that costs no less than a more precise one never is), and its most expensive one.
+    Phase 1 measures only these: on ``ort`` a weightless group, or a layer whose W8A8 kernel is no
+    faster than float, stays float whatever it would measure (72 of ppocr_cls's 81 groups)."""
+    cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
+    worth = {}
+    for group in plan.groups:
+        options = allowed[group.gid]
+        rungs = {c for family in profile.families(config.candidates)
+                 for c in group_ladder(group.gid, tuple(o for o in options if o in family), {}, cost)}
+        worth[group.gid] = tuple(c for c in options if c in rungs or c == options[-1])
+    skipped = sum(len(worth[g]) < len(allowed[g]) for g in worth)
+    if skipped:
+        logger.info("%d of %d groups have candidates no budget would choose (%s costs no less than a more precise "
+                    "one); Phase 1 does not measure those", skipped, len(worth), config.metric)
+    return worth
+
+
+def _holds(entries: list, worth: dict[int, tuple[Candidate, ...]]) -> bool:
+    """Whether cached Phase 1 entries cover every candidate worth measuring (a cache written
+    under another metric may lack some)."""
+    have = {(gid, c) for gid, c, *_ in entries}
+    return all((gid, str(c)) in have for gid, options in worth.items() for c in options)
 
 
 def _load_and_place(input_path: str, config: OptimizeConfig, smooth: bool
@@ -333,8 +365,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     timings, simulator, plan = analysis.timings, analysis.simulator, analysis.plan
     with _timed(timings, "phase2"):
         profile = get_target(config.target)
-        costs = CostModel.build(plan, analysis.calibration.macs, _weight_sizes(analysis.model), profile.latency,
-                                _layer_times(analysis, config, profile), analysis.calibration.activation_elements)
+        costs = analysis.costs
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curves = _family_curves(analysis, profile.families(config.candidates), table, group_cost)
@@ -386,16 +417,17 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     return OptimizeResult(qdq, record)
 
 
-def _layer_times(analysis: Analysis, config: OptimizeConfig, profile) -> dict | None:
+def _layer_times(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet, params: QuantParams,
+                 cache: ResultsCache, config: OptimizeConfig, profile, timings: dict[str, float]) -> dict | None:
     """Each weighted layer's measured time on the target (metric latency), from the cache or timed now."""
-    if config.metric != "latency" or profile.measure_latency is None or not analysis.plan.weighted_ops:
+    if config.metric != "latency" or profile.measure_latency is None or not plan.weighted_ops:
         return None
-    cached = analysis.cache.load_json("latency.json")
-    if cached is not None and set(cached) == {op.node for op in analysis.plan.weighted_ops}:
+    cached = cache.load_json("latency.json")
+    if cached is not None and set(cached) == {op.node for op in plan.weighted_ops}:
         return cached
-    with _timed(analysis.timings, "latency"):
-        times = profile.measure_latency(analysis.model, analysis.plan, analysis.data, analysis.params.float_weight)
-    analysis.cache.save_json("latency.json", times)
+    with _timed(timings, "latency"):
+        times = profile.measure_latency(model, plan, data, params.float_weight)
+    cache.save_json("latency.json", times)
     return times
 
 

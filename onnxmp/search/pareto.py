@@ -54,12 +54,14 @@ def group_ladder(gid: int, candidates: tuple[Candidate, ...], nsr: dict[tuple[in
     before and, among equal-cost candidates, the one with the most bits (a measured difference
     between equal-cost candidates of a weightless group is interaction noise, not precision).
     A candidate that costs no less than one with at least its bits is left out (under latency, a
-    layer that runs slower at W8A8 than in float): the ladder starts at the most precise one."""
+    layer that runs slower at W8A8 than in float): the ladder starts at the most precise one. The
+    ladder depends on the costs alone (``nsr`` only orders candidates that differ in nothing else),
+    so it is known before Phase 1 measures anything."""
     def dominated(c: Candidate) -> bool:
         return any(o != c and cost(gid, o) <= cost(gid, c) and o.w_bits >= c.w_bits and o.a_bits >= c.a_bits
                    for o in candidates)
 
-    ordered = sorted(candidates, key=lambda c: (-cost(gid, c), -c.w_bits, -c.a_bits, nsr[(gid, c)]))
+    ordered = sorted(candidates, key=lambda c: (-cost(gid, c), -c.w_bits, -c.a_bits, nsr.get((gid, c), 0.0)))
     ladder: list[Candidate] = []
     for cand in ordered:
         if dominated(cand) and any(not dominated(o) for o in candidates):
