@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -27,10 +28,10 @@ from onnxmp.model.loader import load_model, prepare_model
 from onnxmp.output.export import dequantize_constant_operands, export_qdq
 from onnxmp.output.report import build_record, write_report_dir
 from onnxmp.quant import numerics
-from onnxmp.quant.calibrate import Calibration, calibrate, layer_sizes
+from onnxmp.quant.calibrate import Calibration, Ranges, fill_histograms, layer_sizes, observe_ranges
 from onnxmp.quant.candidates import Assignment, Candidate, parse_candidates
 from onnxmp.quant.cost import METRICS, CostModel
-from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers
+from onnxmp.quant.groups import QUANTIZED_OPS, QuantPlan, find_quantizers, weight_array
 from onnxmp.quant.params import QuantParams
 from onnxmp.quant.smoothing import smooth_matmul_inputs
 from onnxmp.rounding.adaround import AdaRoundConfig
@@ -160,7 +161,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     logger.info("%s ...", stage)
     start = time.perf_counter()
     yield
-    timings[stage] = round(time.perf_counter() - start, 3)
+    timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 3)  # a stage may run in parts
 
 
 def _stage_progress(progress: Progress | None, stage: str):
@@ -198,17 +199,23 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     arrays = cache.load_arrays("calibration.npz")
     with _timed(timings, "calibrate"):
         reuse = cached is not None and arrays is not None
-        calibration = Calibration.from_arrays(arrays, cached["calibration"]) if reuse else calibrate(
-            model, plan, data, _stage_progress(progress, "calibrate"))
-        plan = _keep_non_finite_float(model, plan, calibration, quantized_ops, profile)
+        if reuse:
+            calibration = Calibration.from_arrays(arrays, cached["calibration"])
+            ranges = Ranges({}, {}, calibration.macs, calibration.activation_elements, calibration.non_finite)
+        else:
+            ranges = observe_ranges(model, plan, data, _stage_progress(progress, "calibrate"))
+        plan = _keep_non_finite_float(model, plan, ranges.non_finite, quantized_ops, profile)
         allowed = profile.group_candidates(plan, config.candidates, model)
+    costs = CostModel.build(plan, ranges.macs, _weight_sizes(model), profile.latency,
+                            _layer_times(model, plan, data, cache, config, profile, timings), ranges.activation_elements)
+    worth = _worth_measuring(plan, allowed, costs, config, profile)
+    with _timed(timings, "calibrate"):
+        if not reuse:  # histograms only where Phase 1 may choose an 8- or 4-bit range
+            calibration = fill_histograms(model, data, ranges, _below_16_bits(plan, worth),
+                                          _stage_progress(progress, "calibrate"))
         observed = observed_tensors(model)
         reference = run_over(make_session(model, outputs=observed), data, observed)
         params = QuantParams(model, plan, calibration, profile.range_margin)
-    costs = CostModel.build(plan, calibration.macs, _weight_sizes(model), profile.latency,
-                            _layer_times(model, plan, data, params, cache, config, profile, timings),
-                            calibration.activation_elements)
-    worth = _worth_measuring(plan, allowed, costs, config, profile)
     hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
     if bits:
@@ -250,6 +257,11 @@ def _worth_measuring(plan: QuantPlan, allowed: dict[int, tuple[Candidate, ...]],
         logger.info("%d of %d groups have candidates no budget would choose (%s costs no less than a more precise "
                     "one); Phase 1 does not measure those", skipped, len(worth), config.metric)
     return worth
+
+
+def _below_16_bits(plan: QuantPlan, worth: dict[int, tuple[Candidate, ...]]) -> set[str]:
+    """The activations of groups that Phase 1 measures below 16 bits (their range may be clipped)."""
+    return {a for g in plan.groups if any(c.a_bits < 16 for c in worth[g.gid]) for a in g.activations}
 
 
 def _holds(entries: list, worth: dict[int, tuple[Candidate, ...]]) -> bool:
@@ -319,19 +331,19 @@ def _weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
 
 
-def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
+def _keep_non_finite_float(model: onnx.ModelProto, plan: QuantPlan, non_finite: tuple[str, ...],
                            quantized_ops: frozenset[str], profile) -> QuantPlan:
     """The plan without the activations that hold NaN or Inf on the calibration data (an
     attention mask of -inf): no scale can represent them, so they stay float."""
-    if not calibration.non_finite:
+    if not non_finite:
         return plan
     logger.info("%d activation(s) hold NaN or Inf on the calibration data and stay float: %s",
-                len(calibration.non_finite), ", ".join(calibration.non_finite[:5]))
+                len(non_finite), ", ".join(non_finite[:5]))
     try:
-        return find_quantizers(model, dict.fromkeys(calibration.non_finite, "NaN or Inf on the calibration data"),
+        return find_quantizers(model, dict.fromkeys(non_finite, "NaN or Inf on the calibration data"),
                                quantized_ops, profile.placement, profile.float_units)
     except NothingToQuantizeError as exc:
-        raise ModelError(f"the float model computes NaN or Inf at {calibration.non_finite[0]!r} and every other "
+        raise ModelError(f"the float model computes NaN or Inf at {non_finite[0]!r} and every other "
                          "tensor onnxmp could quantize, on the calibration data; check the model and the scale "
                          "of the data") from exc
 
@@ -417,8 +429,8 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
     return OptimizeResult(qdq, record)
 
 
-def _layer_times(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet, params: QuantParams,
-                 cache: ResultsCache, config: OptimizeConfig, profile, timings: dict[str, float]) -> dict | None:
+def _layer_times(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet, cache: ResultsCache,
+                 config: OptimizeConfig, profile, timings: dict[str, float]) -> dict | None:
     """Each weighted layer's measured time on the target (metric latency), from the cache or timed now."""
     if config.metric != "latency" or profile.measure_latency is None or not plan.weighted_ops:
         return None
@@ -426,7 +438,7 @@ def _layer_times(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet, 
     if cached is not None and set(cached) == {op.node for op in plan.weighted_ops}:
         return cached
     with _timed(timings, "latency"):
-        times = profile.measure_latency(model, plan, data, params.float_weight)
+        times = profile.measure_latency(model, plan, data, functools.partial(weight_array, model))
     cache.save_json("latency.json", times)
     return times
 

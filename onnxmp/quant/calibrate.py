@@ -1,9 +1,12 @@
 """Stage 4: calibrate activation ranges, and measure each weighted op's MACs per sample.
 
-Two float passes over the calibration set: the first finds each activation's min and max, the
-second fills a histogram over that span. Ranges per bit-width come from the histogram: min/max
-at 16 bits; at 8 bits and below both min/max and the MSE-optimal clip are candidates, and
-Phase 1 (``sensitivity``) keeps, per tensor, the one that gives the better output SQNR.
+Two float passes over the calibration set: the first finds each activation's min and max (and
+each weighted op's MACs, each activation's size), the second fills a histogram over that span,
+for the activations that may take fewer than 16 bits (the caller says which, once it knows the
+costs the first pass measured). Ranges per bit-width come from the histogram: min/max at 16 bits;
+at 8 bits and below both min/max and the MSE-optimal clip are candidates, and Phase 1
+(``sensitivity``) keeps, per tensor, the one that gives the better output SQNR. A tensor without a
+histogram takes min/max at every width.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class ActivationStats:
     maximum: float
     hist: np.ndarray
     edges: np.ndarray
-    zeros: int  # values exactly 0, which quantize without error
+    zeros: int  # values exactly 0, which quantize without error (with an empty hist: not counted)
     _mse_ranges: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def params(self, bits: int, method: str = "mse", margin: float = 0.0) -> tuple[np.float32, int]:
@@ -42,7 +45,7 @@ class ActivationStats:
         is not 0.
         The MSE search runs once per bit-width (Phase 1 asks for each range many times;
         recomputing it was 30% of Phase 1 on a 60-layer CNN)."""
-        if bits >= 16 or method == "minmax":
+        if bits >= 16 or method == "minmax" or not self.hist.size:
             lo, hi = self.minimum, self.maximum
         else:
             if bits not in self._mse_ranges:
@@ -96,13 +99,23 @@ def _observed_values(model: onnx.ModelProto, data: CalibrationSet, names: list[s
         yield (len(first) if data.batched else 1), values
 
 
-def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
-              progress: Callable[[int, int, str], None] | None = None) -> Calibration:
-    """Collect activation statistics and MACs with two float passes over ``data``. Activations
-    that hold NaN or Inf (an attention mask of -inf) get no statistics and are listed instead.
-    ``progress(done, total, detail)`` hears of every model run."""
+@dataclasses.dataclass(frozen=True)
+class Ranges:
+    """What the first pass saw: each activation's min and max, each weighted op's MACs and each
+    activation's elements per sample, and the activations holding NaN or Inf."""
+
+    lo: dict[str, float]
+    hi: dict[str, float]
+    macs: dict[str, int]
+    activation_elements: dict[str, int]
+    non_finite: tuple[str, ...]
+
+
+def observe_ranges(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
+                   progress: Callable[[int, int, str], None] | None = None) -> Ranges:
+    """The first float pass over ``data``. ``progress(done, total, detail)`` hears of every run
+    (of both passes: the total counts two)."""
     total = 2 * data.num_feeds
-    tick = (lambda done, what: progress(done, total, what)) if progress else (lambda done, what: None)
     names = list(plan.activations)
     out_of = {op.node: op.macs_tensor for op in plan.weighted_ops}
     watched = list(dict.fromkeys(names + list(out_of.values())))
@@ -113,7 +126,8 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
     non_finite: set[str] = set()
     samples = 0
     for run, (count, values) in enumerate(_observed_values(model, data, watched), 1):
-        tick(run, "ranges")
+        if progress:
+            progress(run, total, "ranges")
         samples += count
         for name in names:
             arr = values[name]
@@ -125,21 +139,49 @@ def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
                 hi[name] = max(hi[name], float(arr.max()))
         for out in out_of.values():
             out_elems[out] = out_elems.get(out, 0) + values[out].size
-    edges = {n: np.linspace(min(lo[n], 0.0), max(hi[n], 0.0), HIST_BINS + 1) for n in names
-             if np.isfinite(lo[n]) and n not in non_finite}
+    return Ranges(lo, hi, _macs_per_sample(plan, out_elems, samples),
+                  {n: round(count / max(samples, 1)) for n, count in act_elems.items()},
+                  tuple(n for n in names if n in non_finite))
+
+
+def fill_histograms(model: onnx.ModelProto, data: CalibrationSet, ranges: Ranges, names: set[str] | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> Calibration:
+    """The second float pass: a histogram over each activation's range, for ``names`` (default:
+    every activation with a finite range); the others keep min/max only. Skipped when none needs one."""
+    edges = {n: (min(ranges.lo[n], 0.0), max(ranges.hi[n], 0.0)) for n in ranges.lo
+             if np.isfinite(ranges.lo[n]) and n not in ranges.non_finite and (names is None or n in names)}
     hists = {n: np.zeros(HIST_BINS, np.int64) for n in edges}
     zeros = dict.fromkeys(edges, 0)
-    for run, (_, values) in enumerate(_observed_values(model, data, list(edges)), 1):
-        tick(data.num_feeds + run, "histograms")
-        for name in edges:
-            hists[name] += np.histogram(values[name], bins=edges[name])[0]
-            zeros[name] += int(np.count_nonzero(values[name] == 0))
-    stats = {n: ActivationStats(lo[n], hi[n], hists[n], edges[n], zeros[n]) for n in edges}
-    for name in set(names) - set(stats) - non_finite:
-        logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
-        stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
-    return Calibration(stats, _macs_per_sample(plan, out_elems, samples), tuple(n for n in names if n in non_finite),
-                       {n: round(count / max(samples, 1)) for n, count in act_elems.items()})
+    if edges:
+        for run, (_, values) in enumerate(_observed_values(model, data, list(edges)), 1):
+            if progress:
+                progress(data.num_feeds + run, 2 * data.num_feeds, "histograms")
+            for name, (lo, hi) in edges.items():  # equal-width bins: numpy's fast path, no sort
+                hists[name] += np.histogram(values[name], bins=HIST_BINS, range=(lo, hi) if hi > lo else None)[0]
+                zeros[name] += int(np.count_nonzero(values[name] == 0))
+    elif progress:
+        progress(2 * data.num_feeds, 2 * data.num_feeds, "histograms")
+    stats = {}
+    for name in ranges.lo:
+        if name in ranges.non_finite:
+            continue
+        if not np.isfinite(ranges.lo[name]):
+            logger.warning("activation %s was empty on every calibration sample; its range is [0, 0]", name)
+            stats[name] = ActivationStats(0.0, 0.0, np.zeros(1, np.int64), np.zeros(2), 0)
+        elif name in edges:
+            lo, hi = edges[name]
+            stats[name] = ActivationStats(ranges.lo[name], ranges.hi[name], hists[name],
+                                          np.linspace(lo, hi, HIST_BINS + 1), zeros[name])
+        else:
+            stats[name] = ActivationStats(ranges.lo[name], ranges.hi[name], np.zeros(0, np.int64), np.zeros(0), 0)
+    return Calibration(stats, ranges.macs, ranges.non_finite, ranges.activation_elements)
+
+
+def calibrate(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet,
+              progress: Callable[[int, int, str], None] | None = None) -> Calibration:
+    """Both passes, with a histogram for every activation. Activations that hold NaN or Inf (an
+    attention mask of -inf) get no statistics and are listed instead."""
+    return fill_histograms(model, data, observe_ranges(model, plan, data, progress), None, progress)
 
 
 def _macs_per_sample(plan: QuantPlan, out_elems: dict[str, int], samples: int) -> dict[str, int]:
