@@ -392,7 +392,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         chosen_nsr = simulator.nsr(choice.assignment)
     else:
         curve, greedy, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
-        measured = _measure_curve(simulator, curve, config.measured_points)
+        measured = _measure_curve(simulator, curve, config.measured_points, config.budget)
         choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
                                                  group_cost)
         before_fallback = _budget_choice_entry(simulator, greedy, choice)
@@ -680,9 +680,13 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)[:60]
 
 
-def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int) -> dict[int, float]:
-    """Simulated NSR at up to ``count`` points spread evenly along the curve (ends included)."""
-    spread = np.linspace(0, len(curve.points) - 1, num=min(count, len(curve.points)))
+def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int, budget: float | None = None) -> dict[int, float]:
+    """Simulated NSR at up to ``count`` points spread evenly along the curve (ends included), or,
+    with a ``budget``, along its part within the budget: only those can replace the budget's choice,
+    and each costs a whole-graph evaluation."""
+    first = 0 if budget is None else next(
+        (i for i, p in enumerate(curve.points) if p.relative_cost <= budget + 1e-9), len(curve.points) - 1)
+    spread = np.linspace(first, len(curve.points) - 1, num=min(count, len(curve.points) - first))
     return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({round(i) for i in spread})}
 
 
