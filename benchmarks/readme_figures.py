@@ -92,7 +92,9 @@ def targets_edge() -> str:
     for row in read_table("targets_edge.md"):
         if row["target"] == "ort":
             continue
-        lines.append(f"- {row['model']} on {row['target']}: {sqnr(row['SQNR on target dB'])} vs "
+        what = ("onnxruntime's `quantize_static` W8A8" if row["candidates"].startswith("onnxruntime")
+                else f"onnxmp at budget {row['budget']} ({row['chosen mix (groups)']})")
+        lines.append(f"- {row['model']} on {row['target']}, {what}: {sqnr(row['SQNR on target dB'])} vs "
                      f"{sqnr(row['SQNR onnxruntime CPU dB'])}.")
     return "\n".join(lines)
 

@@ -4,9 +4,13 @@ output SQNR as the target computes it next to onnxruntime CPU's.
     python benchmarks/targets_table.py [--models digits ppocr_cls ...] [--samples 8]
 
 Targets: ort (default candidates, budget 0.5), qnn-htp (Qualcomm HTP through onnxruntime-qnn,
-emulated on x86-64; its default candidates W4A16,W8A16, budget 0.75) and openvino (CPU plugin;
-W4A8,W8A8, budget 0.9, or 1.0 where no cheaper assignment exists because only Gemm/MatMul may
-take 4-bit weights). Writes benchmarks/results/targets_edge.md.
+emulated on x86-64; its default candidates W4A8,W8A8,W4A16,W8A16, one activation width per model,
+budget 0.5: the BOPs of uniform W8A8) and openvino (CPU plugin; W4A8,W8A8, budget 0.9, or 1.0 where
+no cheaper assignment exists because only Gemm/MatMul may take 4-bit weights). On each target
+other than ort, onnxruntime's ``quantize_static`` W8A8 model of the same samples (as
+``zoo_table._quantize_peer`` makes it, static shapes fixed like onnxmp's) is run there too, so
+onnxmp at the BOPs of W8A8 is compared with the plain W8A8 model on the same runtime. Writes
+benchmarks/results/targets_edge.md.
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ import tempfile
 import time
 
 import numpy as np
+import onnx
 from common import bench_models, git_state, publish_merged, samples_calib_only
+from zoo_table import _quantize_peer
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
 from onnxmp.errors import ConfigError, OnnxmpError
+from onnxmp.quant import numerics
+from onnxmp.runtime.data import read_npz, resolve_calibration
+from onnxmp.runtime.session import make_session, observed_tensors, run_over
 from onnxmp.targets import get_target
+from onnxmp.targets.shapes import fix_symbolic_dims
 
-BUDGETS = {"ort": 0.5, "qnn-htp": 0.75, "openvino": 0.9}
+BUDGETS = {"ort": 0.5, "qnn-htp": 0.5, "openvino": 0.9}
+PEER = "onnxruntime quantize_static W8A8"
 
 
 def _placement(check: dict | None) -> str:
@@ -66,6 +77,31 @@ def run(bench, target: str, calib: str) -> list[str]:
             _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"]
 
 
+def peer_on_target(bench, target: str, calib: str, folder: str) -> list[str]:
+    """onnxruntime's quantize_static W8A8 of the same model and samples, verified on ``target``
+    (SQNR on the same tensors as onnxmp's rows, against the float model)."""
+    start = time.perf_counter()
+    profile = get_target(target)
+    out = os.path.join(folder, f"{bench.name}-peer.onnx")
+    note = _quantize_peer(bench.model, read_npz(calib), out)
+    model = onnx.load(bench.model)
+    data = resolve_calibration(calib, bench.model, model, "auto")
+    observed = observed_tensors(model)
+    reference = run_over(make_session(model, outputs=observed), data, observed)
+    peer = onnx.load(out)
+    cpu = numerics.sqnr_db(reference, run_over(make_session(peer, outputs=observed), data, observed))
+    peer = fix_symbolic_dims(peer, data, {}) if profile.static_shapes else peer
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            check = profile.verify(peer, data, observed, reference, tmp)
+    except OnnxmpError as exc:
+        return [bench.name, target, PEER, "—", "uniform W8A8", "0.500", f"refused: {exc}", "—", f"{cpu:.2f}",
+                f"{time.perf_counter() - start:.0f}"]
+    placement = _placement(check) + (f"; {note}" if note else "")
+    return [bench.name, target, PEER, "—", "uniform W8A8", "0.500", placement, f"{check['sqnr_db']:.2f}", f"{cpu:.2f}",
+            f"{time.perf_counter() - start:.0f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", help="default: digits and every prepared zoo model")
@@ -86,6 +122,9 @@ def main() -> None:
                                                    f"{min(args.samples, len(arrays[arrays.files[0]]))} samples")
                 rows.append(run(bench, target, calib))
                 print(" | ".join(rows[-1]), flush=True)
+                if target != "ort":
+                    rows.append(peer_on_target(bench, target, calib, tmp))
+                    print(" | ".join(rows[-1]), flush=True)
     publish_merged("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
             "(calibration samples per model in its note). BOPs relative to the target's all-highest "
             "candidate. SQNR at the pre-softmax/sigmoid outputs against the float model on the calibration "
