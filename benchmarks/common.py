@@ -29,6 +29,13 @@ class BenchModel:
     # calib is a folder of whole feeds (one .npz per feed, e.g. a sequence plus state tensors, run
     # one by one), not one .npz of samples along the first axis
     calib_feeds: bool = False
+    chance: float = 0.0  # the task score that carries no information (zoo.chance_level)
+
+
+def _digits_chance() -> float:
+    """Top-1 % of always answering the commonest digit of the test set."""
+    labels = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))["labels"]
+    return float(100.0 * np.bincount(labels).max() / len(labels))
 
 
 def _digits_top1(path: str) -> float:
@@ -41,7 +48,8 @@ def _digits_top1(path: str) -> float:
 def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     """The shipped digits CNN plus every zoo model already prepared (python models/prepare.py)."""
     models = [BenchModel("digits", os.path.join(ROOT, "models", "digits", "digits_cnn.onnx"),
-                         os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %", _digits_top1)]
+                         os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %", _digits_top1,
+                         chance=_digits_chance())]
     try:
         import zoo
     except ImportError:
@@ -52,7 +60,7 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
             feeds = getattr(spec, "calib_feeds", False)
             if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
                 models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
-                                         lambda p, n=name: zoo.evaluate(n, p), feeds))
+                                         lambda p, n=name: zoo.evaluate(n, p), feeds, zoo.chance_level(name)))
     if names:
         models = [m for m in models if m.name in names]
     return models
@@ -74,6 +82,8 @@ def samples_calib_only(benches: list[BenchModel], table: str, why: str) -> list[
 
 
 BROKEN = "(broken)"
+AT_CHANCE = "(at chance)"
+CHANCE_MARGIN = 0.02  # of the metric's scale (1, or 100 for a percentage): a score this close to chance tells nothing
 
 
 def mark_broken(cell: str) -> str:
@@ -86,10 +96,32 @@ def mark_broken(cell: str) -> str:
     return f"{cell} {BROKEN}" if value <= 0 and BROKEN not in str(cell) else str(cell)
 
 
+def mark_chance(cell: str, chance: float | None) -> str:
+    """A task-score cell within ``CHANCE_MARGIN`` of the metric's scale above its chance level
+    marked at chance (a model that has lost its task); other cells unchanged."""
+    try:
+        value = float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return str(cell)
+    if chance is None or AT_CHANCE in str(cell):
+        return str(cell)
+    scale = 100.0 if chance > 1 or value > 1 else 1.0
+    return f"{cell} {AT_CHANCE}" if value <= chance + CHANCE_MARGIN * scale else str(cell)
+
+
+def chance_levels() -> dict[str, float]:
+    """Each benchmark model's chance level, by name."""
+    return {m.name: m.chance for m in bench_models()}
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; cells of SQNR columns at or below 0 dB are marked broken."""
+    """A Markdown table; cells of SQNR columns at or below 0 dB are marked broken, and task-score
+    cells (columns named "... score") at chance marked so, by the model in the row's first cell."""
     sqnr_columns = {i for i, name in enumerate(header) if "SQNR" in name}
-    rows = [[mark_broken(c) if i in sqnr_columns else str(c) for i, c in enumerate(row)] for row in rows]
+    score_columns = {i for i, name in enumerate(header) if name.endswith("score") and name != "float score"}
+    chance = chance_levels() if score_columns else {}
+    rows = [[mark_broken(c) if i in sqnr_columns else mark_chance(c, chance.get(row[0])) if i in score_columns
+             else str(c) for i, c in enumerate(row)] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 

@@ -385,6 +385,26 @@ _EVALUATORS = {
 }
 
 
+def _majority_share(labels: np.ndarray) -> float:
+    return float(np.bincount(labels).max() / len(labels))
+
+
+# What a model that has lost its task scores: always answering the commonest label (classifiers),
+# ranking at random (retrieval among N), or recognising / finding nothing (OCR, detection: 0).
+_CHANCE = {
+    "ppocr_cls": lambda data: _majority_share(data["label"]),
+    "silero_vad": lambda data: _majority_share(data["label"]),
+    "minilm": lambda data: 1.0 / len(data["q_input_ids"]),
+    "ppocr_rec": lambda data: 0.0,
+    "ppocr_det": lambda data: 0.0,
+}
+
+
+def chance_level(name: str) -> float:
+    """The score of ``name``'s metric on its evaluation set that carries no information (see ``_CHANCE``)."""
+    return _CHANCE[name](load_npz(_check_prepared(name)["eval"]))
+
+
 def evaluate(name: str, onnx_path: str) -> float:
     """Score ``onnx_path`` (the float model of ``name`` or a variant with the same inputs and
     outputs) on the model's labelled evaluation set. Higher is better; the metric is
@@ -393,5 +413,5 @@ def evaluate(name: str, onnx_path: str) -> float:
     return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "evaluate", "load_npz", "paths", "vad_clip_feeds",
+__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "chance_level", "evaluate", "load_npz", "paths", "vad_clip_feeds",
            "vad_speech_probs"]

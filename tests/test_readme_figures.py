@@ -49,3 +49,18 @@ def test_a_repeated_header_keeps_each_column():
     assert readme_figures._unique(["a", "× float", "b", "× float"]) == ["a", "× float", "b", "× float #2"]
     row = next(r for r in rows if r["model"] == "digits" and r["variant"] == "onnxmp default")
     assert row["× float"] == cells[6] and row["× float #2"] == cells[8]
+
+
+def test_task_scores_at_chance_are_marked_in_every_table():
+    """A task score within 2% of the scale above the model's chance level is marked, by the model
+    named in the row: digits' chance is the commonest test digit's share (11.4% of 500), counted here."""
+    import numpy as np
+    from common import markdown_table
+
+    labels = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))["labels"]
+    chance = 100.0 * np.bincount(labels).max() / len(labels)
+    table = markdown_table(["model", "variant", "task score", "SQNR dB"],
+                           [["digits", "broken", f"{chance + 1:.1f}", "-0.5"], ["digits", "fine", "99.4", "38.1"]])
+    rows = [line for line in table.splitlines() if line.startswith("| digits")]
+    assert "(at chance)" in rows[0] and "(broken)" in rows[0]
+    assert "(at chance)" not in rows[1] and "(broken)" not in rows[1]
