@@ -21,7 +21,7 @@ import onnxmp
 from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.model.files import check_writable
-from onnxmp.pipeline import Inspection, OptimizeConfig, analyze, inspect_model, optimize
+from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, Inspection, OptimizeConfig, analyze, inspect_model, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.quant.cost import METRIC_HELP, METRICS
@@ -90,6 +90,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="memory for cached activations in Phase 1, shared by the workers, e.g. 512M or 4G "
                         "(default 2G); "
                         "less memory means more recomputation, never a different result")
+    p.add_argument("--phase1-samples", type=int, default=DEFAULT_PHASE1_SAMPLES,
+                   help="calibration samples (or feeds), spread over the set, on which Phase 1 ranks the groups "
+                        f"(default {DEFAULT_PHASE1_SAMPLES}; 0: all); calibration, the measured points and the "
+                        "output's SQNR use every sample")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -306,7 +310,8 @@ def _config(args: argparse.Namespace) -> OptimizeConfig:
               "target": args.target, "fix_dims": args.fix_dims,
               "float_subgraphs": args.float_subgraphs,
               "adaround": args.adaround or "auto", "adaround_iterations": args.adaround_iters,
-              "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory}
+              "workers": args.workers, "backend": args.backend, "max_memory": args.max_memory,
+              "phase1_samples": args.phase1_samples}
     if args.command == "analyze":
         return OptimizeConfig(**common)
     evaluator = load_user_evaluator(args.eval_spec) if args.eval_spec else None

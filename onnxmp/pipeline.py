@@ -57,6 +57,11 @@ Progress = Callable[[str, int, int, str], None]
 PRECISE_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 HELD_BACK_FRACTION = 0.25
 DEFAULT_BUDGET = 0.5
+# Phase 1 ranks groups on this many calibration samples (spread over the set), where each
+# evaluation costs about one float pass over them; calibration, the measured points and the
+# output's SQNR use every sample. benchmarks/robustness.py reports the ranking's Kendall tau
+# against all samples.
+DEFAULT_PHASE1_SAMPLES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,7 @@ class OptimizeConfig:
     adaround: str = "auto"  # "auto": AdaRound weights below 8 bits; "on": below 16; "off"
     adaround_iterations: int = 1000
     measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
+    phase1_samples: int = DEFAULT_PHASE1_SAMPLES  # samples (or feeds) Phase 1 measures on, spread over the set; 0: all
     compare_binary_search: bool = False  # also run plain binary search on the same curve (benchmarks)
     workers: int = 1  # processes for Phase 1 and AdaRound (same results as one)
     backend: str = "local"  # where workers run: "local" processes or "ray"
@@ -125,6 +131,8 @@ class OptimizeConfig:
         if self.max_memory < 0:
             raise ConfigError(f"--max-memory must not be negative, got {self.max_memory}")
         check_layout(self.calib_layout)
+        if self.phase1_samples < 0:
+            raise ConfigError(f"--phase1-samples must be 0 (all) or more, got {self.phase1_samples}")
         if self.adaround_iterations < 1:
             raise ConfigError(f"--adaround-iters must be at least 1, got {self.adaround_iterations}")
 
@@ -193,7 +201,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
                 len(plan.groups), len(plan.activations), len(plan.weighted_ops), data.num_samples)
     bits = adaround_bits(config.candidates, config.adaround)
     options = {"candidates": [str(c) for c in config.candidates], "version": __version__, "target": config.target,
-               "adaround_bits": list(bits), "adaround_iterations": config.adaround_iterations if bits else None}
+               "adaround_bits": list(bits), "adaround_iterations": config.adaround_iterations if bits else None,
+               "phase1_samples": config.phase1_samples}
     cache = ResultsCache(config.cache_dir, cache_key(model, data, options))
     cached = cache.load_json("phase1.json")
     arrays = cache.load_arrays("calibration.npz")
@@ -214,7 +223,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             calibration = fill_histograms(model, data, ranges, _below_16_bits(plan, worth),
                                           _stage_progress(progress, "calibrate"))
         observed = observed_tensors(model)
-        reference = run_over(make_session(model, outputs=observed), data, observed)
+        float_session = make_session(model, outputs=observed)
+        reference = run_over(float_session, data, observed)
         params = QuantParams(model, plan, calibration, profile.range_margin)
     hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
@@ -231,7 +241,9 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             sensitivities = [Sensitivity(gid, Candidate.parse(c), nsr, ev) for gid, c, nsr, ev in cached["sensitivity"]]
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
-            phase1 = sensitivity_list(simulator, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
+            subset = _phase1_subset(data, config.phase1_samples)
+            ranker = simulator if subset is data else simulator.on_data(subset, run_over(float_session, subset, observed))
+            phase1 = sensitivity_list(ranker, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
                                       config.workers, config.max_memory, config.backend, worth)
             base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
             _store_phase1(cache, plan, calibration, params, base_nsr, sensitivities)
@@ -257,6 +269,14 @@ def _worth_measuring(plan: QuantPlan, allowed: dict[int, tuple[Candidate, ...]],
         logger.info("%d of %d groups have candidates no budget would choose (%s costs no less than a more precise "
                     "one); Phase 1 does not measure those", skipped, len(worth), config.metric)
     return worth
+
+
+def _phase1_subset(data: CalibrationSet, count: int) -> CalibrationSet:
+    """``count`` samples (or feeds) spread evenly over ``data``, or ``data`` itself when it holds
+    no more (or ``count`` is 0)."""
+    if not count or data.num_samples <= count:
+        return data
+    return data.subset(np.unique(np.linspace(0, data.num_samples - 1, count).round().astype(int)))
 
 
 def _below_16_bits(plan: QuantPlan, worth: dict[int, tuple[Candidate, ...]]) -> set[str]:

@@ -40,7 +40,7 @@ def _naive_db(analysis, candidates) -> dict:
 
 @pytest.fixture(scope="module")
 def engines():
-    base = classic(calib="models/digits/calib.npz", adaround="off", cache_dir=None)
+    base = classic(calib="models/digits/calib.npz", adaround="off", cache_dir=None, phase1_samples=0)  # every sample
     return {
         "whole": analyze(DIGITS, dataclasses.replace(base, max_memory=0)),  # nothing cached: whole graphs
         "partial": analyze(DIGITS, base),
@@ -73,6 +73,27 @@ def test_phase1_equals_naive_exported_models(engines):
     order = sorted(ours, key=lambda k: (-ours[k], k[0], k[1]))
     naive_order = sorted(ours, key=lambda k: (-naive[k], k[0], k[1]))
     assert order[:10] == naive_order[:10]
+
+
+def test_phase1_on_a_subset_measures_those_samples_and_the_rest_uses_all():
+    """Phase 1 with ``phase1_samples=16`` measures 16 samples spread evenly over the 64: its
+    entries match exported QDQ models run by onnxruntime on exactly those samples, while the
+    simulator the later stages use still holds all 64."""
+    base = classic(adaround="off", cache_dir=None, calib="models/digits/calib.npz")
+    sub = analyze(DIGITS, dataclasses.replace(base, phase1_samples=16))
+    picked = np.unique(np.linspace(0, 63, 16).round().astype(int))
+    assert sub.data.num_samples == 64 and sub.simulator.data.num_samples == 64 and len(picked) == 16
+    names = sub.simulator.observed
+    subset = sub.data.subset(picked)
+    reference = run_over(make_session(with_outputs(sub.model, names), optimized=False), subset, names)
+    highest = CLASSIC["candidates"][-1]
+    table = _table(sub)
+    for (gid, cand), nsr in sorted(table.items(), key=lambda kv: -kv[1])[:6]:  # the most sensitive entries
+        model = export_qdq(sub.model, sub.plan, sub.params, {**{g.gid: highest for g in sub.plan.groups}, gid: cand})
+        outputs = run_over(make_session(with_outputs(model, names), optimized=False), subset, names)
+        assert numerics.sqnr_db(reference, outputs) == pytest.approx(numerics.nsr_to_db(nsr), abs=0.05), (gid, cand)
+    whole = analyze(DIGITS, dataclasses.replace(base, phase1_samples=0))
+    assert _table(whole) != pytest.approx(table, rel=1e-6)  # all 64 samples measure otherwise
 
 
 def test_partial_evaluation_used_cached_cuts(cnn_path):

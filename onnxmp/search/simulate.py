@@ -10,6 +10,7 @@ rebuilt and no session created per configuration.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 
 import numpy as np
@@ -116,6 +117,13 @@ class Simulator:
         self._cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self._weight_bytes = 0
         self.evaluations = 0
+
+    def on_data(self, data: CalibrationSet, reference: list[np.ndarray]) -> Simulator:
+        """The same simulation (session, parameters, cached feeds) over other data, e.g. Phase 1's
+        subset of the calibration samples; ``reference``: the float model's values there."""
+        other = copy.copy(self)
+        other.data, other.reference, other._partial, other.evaluations = data, reference, None, 0
+        return other
 
     def ingredients(self) -> tuple:
         """What another process needs to build the same simulator: ``Simulator(*ingredients)``."""
