@@ -92,8 +92,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "less memory means more recomputation, never a different result")
     p.add_argument("--phase1-samples", type=int, default=DEFAULT_PHASE1_SAMPLES,
                    help="calibration samples (or feeds), spread over the set, on which Phase 1 ranks the groups "
-                        f"(default {DEFAULT_PHASE1_SAMPLES}; 0: all); calibration, the measured points and the "
-                        "output's SQNR use every sample")
+                        "(default 0: all; fewer is faster and can cost accuracy); calibration, the measured points "
+                        "and the output's SQNR use every sample")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
