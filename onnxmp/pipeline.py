@@ -59,9 +59,10 @@ HELD_BACK_FRACTION = 0.25
 DEFAULT_BUDGET = 0.5
 # Phase 1 ranks groups on this many calibration samples (spread over the set; 0: all), where each
 # evaluation costs about one float pass over them; calibration, the measured points and the
-# output's SQNR use every sample. All by default: benchmarks/phase1_subset.py measured 16 of 64
-# samples 2.3x faster in Phase 1 on ppocr_cls but 0.36 dB lower in output SQNR (the 8-bit range
-# choices move), more than the 0.1 dB a speed-up may cost.
+# output's SQNR use every sample. All by default: in benchmarks/phase1_subset.py, 16 or 32 of 64
+# samples made Phase 1 1.6-2x faster on ppocr_cls but moved the output's SQNR by -0.7 to +0.4 dB
+# between runs and subsets (the 8-bit range choices move; digits lost 0.76 dB at 16), more than
+# the 0.1 dB a speed-up may cost.
 DEFAULT_PHASE1_SAMPLES = 0
 
 
