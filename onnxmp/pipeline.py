@@ -212,7 +212,9 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         reuse = cached is not None and arrays is not None
         if reuse:
             calibration = Calibration.from_arrays(arrays, cached["calibration"])
-            ranges = Ranges({}, {}, calibration.macs, calibration.activation_elements, calibration.non_finite)
+            ranges = Ranges({n: s.minimum for n, s in calibration.stats.items()},
+                            {n: s.maximum for n, s in calibration.stats.items()},
+                            calibration.macs, calibration.activation_elements, calibration.non_finite)
         else:
             ranges = observe_ranges(model, plan, data, _stage_progress(progress, "calibrate"))
         plan = _keep_non_finite_float(model, plan, ranges.non_finite, quantized_ops, profile)
@@ -220,10 +222,12 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
     costs = CostModel.build(plan, ranges.macs, _weight_sizes(model), profile.latency,
                             _layer_times(model, plan, data, cache, config, profile, timings), ranges.activation_elements)
     worth = _worth_measuring(plan, allowed, costs, config, profile)
+    low = _below_16_bits(plan, worth)
+    if reuse and any(not calibration.stats[a].hist.size for a in low if a in calibration.stats):
+        reuse = False  # cached under another metric, without a histogram this one needs: fill them again
     with _timed(timings, "calibrate"):
         if not reuse:  # histograms only where Phase 1 may choose an 8- or 4-bit range
-            calibration = fill_histograms(model, data, ranges, _below_16_bits(plan, worth),
-                                          _stage_progress(progress, "calibrate"))
+            calibration = fill_histograms(model, data, ranges, low, _stage_progress(progress, "calibrate"))
         observed = observed_tensors(model)
         float_session = make_session(model, outputs=observed)
         reference = run_over(float_session, data, observed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,6 +26,21 @@ def test_second_run_with_another_budget_reuses_phase1(cnn_path, tmp_path):
     assert not first["cache"]["hit"] and second["cache"]["hit"]
     assert second["sensitivity"] == first["sensitivity"]
     assert second["counts"]["simulator_evaluations"] < first["counts"]["simulator_evaluations"]
+
+
+def test_a_cache_written_under_one_metric_serves_another_like_a_cold_run(cnn_path, tmp_path):
+    """Under bops a weightless group has one rung (it is not measured, and gets no histogram);
+    under bytes its cheaper candidates count. A run under bytes on the bops run's cache must
+    measure and calibrate what it needs, and choose what a cold run under bytes chooses."""
+    bops = optimize(str(cnn_path), None, _config(tmp_path, budget=0.5)).record
+    warm = optimize(str(cnn_path), None, _config(tmp_path, budget=0.5, metric="bytes")).record
+    cold = optimize(str(cnn_path), None, dataclasses.replace(_config(tmp_path, budget=0.5, metric="bytes"),
+                                                             cache_dir=None)).record
+    measured = lambda r: {(s["group"], s["candidate"]) for s in r["sensitivity"] if s["evaluated"]}  # noqa: E731
+    assert measured(warm) > measured(bops)  # the weightless groups' lower candidates were measured this time
+    assert not warm["cache"]["hit"]
+    assert warm["sensitivity"] == cold["sensitivity"] and warm["chosen"]["mix"] == cold["chosen"]["mix"]
+    assert warm["chosen"]["simulated_sqnr_db"] == pytest.approx(cold["chosen"]["simulated_sqnr_db"], abs=1e-9)
 
 
 def test_changed_option_or_data_misses_the_cache(cnn_path, tmp_path):
