@@ -229,8 +229,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         if not reuse:  # histograms only where Phase 1 may choose an 8- or 4-bit range
             calibration = fill_histograms(model, data, ranges, low, _stage_progress(progress, "calibrate"))
         observed = observed_tensors(model)
-        float_session = make_session(model, outputs=observed)
-        reference = run_over(float_session, data, observed)
+        float_session = functools.cache(lambda: make_session(model, outputs=observed))
+        reference = _reference(cache, float_session, data, observed)
         params = QuantParams(model, plan, calibration, profile.range_margin)
     hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
@@ -248,7 +248,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
             subset = _phase1_subset(data, config.phase1_samples)
-            ranker = simulator if subset is data else simulator.on_data(subset, run_over(float_session, subset, observed))
+            ranker = simulator if subset is data else simulator.on_data(subset, run_over(float_session(), subset, observed))
             phase1 = sensitivity_list(ranker, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
                                       config.workers, config.max_memory, config.backend, worth)
             base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
@@ -275,6 +275,17 @@ def _worth_measuring(plan: QuantPlan, allowed: dict[int, tuple[Candidate, ...]],
         logger.info("%d of %d groups have candidates no budget would choose (%s costs no less than a more precise "
                     "one); Phase 1 does not measure those", skipped, len(worth), config.metric)
     return worth
+
+
+def _reference(cache: ResultsCache, session: Callable[[], object], data: CalibrationSet,
+               observed: list[str]) -> list[np.ndarray]:
+    """The float model's values of the observed tensors over ``data``, from the cache or one float pass."""
+    stored = cache.load_arrays("reference.npz")
+    if stored is not None and len(stored) == len(observed):
+        return [stored[f"t{i}"] for i in range(len(observed))]
+    reference = run_over(session(), data, observed)
+    cache.save_arrays("reference.npz", {f"t{i}": value for i, value in enumerate(reference)})
+    return reference
 
 
 def _phase1_subset(data: CalibrationSet, count: int) -> CalibrationSet:
@@ -407,15 +418,14 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curves = _family_curves(analysis, profile.families(config.candidates), table, group_cost)
-        uniform = {str(c): _uniform_point(simulator, costs, analysis.allowed, c, config.metric)
-                   for c in config.candidates}
+        uniform = _uniform_points(analysis, config)
     target_record, before_fallback, families = None, None, None
     if config.target_drop is not None:
         with _timed(timings, "target search"):
             curve, choice, target_record = _search_target_families(analysis, curves, table, group_cost, config,
                                                                    progress)
         measured = _measure_curve(simulator, curve, config.measured_points)
-        chosen_nsr = simulator.nsr(choice.assignment)
+        chosen_nsr = simulator.settled_nsr(choice.assignment)
     else:
         curve, greedy, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
         measured = _measure_curve(simulator, curve, config.measured_points, config.budget)
@@ -520,11 +530,11 @@ def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], conf
     for curve in curves:
         with contextlib.suppress(BudgetTooLowError):
             choice = choose_for_budget(curve, config.budget, table, group_cost)
-            options.append((simulator.nsr(choice.assignment), curve, choice))
+            options.append((simulator.settled_nsr(choice.assignment), curve, choice))
     if not options:  # below every family's cheapest point: the cheapest family decides, as with one
         cheapest = min(curves, key=lambda c: c.points[-1].relative_cost)
         greedy, config = _choose_for_budget(cheapest, config, table, group_cost)
-        options = [(simulator.nsr(greedy.assignment), cheapest, greedy)]
+        options = [(simulator.settled_nsr(greedy.assignment), cheapest, greedy)]
     families = [{"candidates": _family_name(curve), "relative_cost": choice.relative_cost,
                  "simulated_sqnr_db": numerics.nsr_to_db(nsr)} for nsr, curve, choice in options]
     _, curve, choice = min(options, key=lambda o: o[0])
@@ -541,7 +551,7 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
     measured better: Phase 1's additive-noise estimate can be wrong where noises interact, and
     what was measured wins over what was estimated."""
     baseline_cost = curve.baseline_cost
-    best = (simulator.nsr(choice.assignment), choice)
+    best = (simulator.settled_nsr(choice.assignment), choice)
     options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
     options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates]
     for nsr, assignment, index in options:
@@ -562,7 +572,7 @@ def _budget_choice_entry(simulator: Simulator, greedy: Choice, choice: Choice) -
         mix = "/".join(sorted({str(c) for c in choice.assignment.values()}))
         fallback = f"uniform {mix}" if choice.curve_index < 0 else f"measured curve point {choice.curve_index}"
     return {"relative_cost": greedy.relative_cost, "estimated_sqnr_db": numerics.nsr_to_db(greedy.est_nsr),
-            "simulated_sqnr_db": numerics.nsr_to_db(simulator.nsr(greedy.assignment)), "fallback": fallback}
+            "simulated_sqnr_db": numerics.nsr_to_db(simulator.settled_nsr(greedy.assignment)), "fallback": fallback}
 
 
 def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulator: Simulator) -> dict:
@@ -713,7 +723,7 @@ def _measure_curve(simulator: Simulator, curve: ParetoCurve, count: int, budget:
     first = 0 if budget is None else next(
         (i for i, p in enumerate(curve.points) if p.relative_cost <= budget + 1e-9), len(curve.points) - 1)
     spread = np.linspace(first, len(curve.points) - 1, num=min(count, len(curve.points) - first))
-    return {i: simulator.nsr(curve.assignment_at(i)) for i in sorted({round(i) for i in spread})}
+    return {i: simulator.settled_nsr(curve.assignment_at(i)) for i in sorted({round(i) for i in spread})}
 
 
 def uniform_assignment(allowed: dict[int, tuple[Candidate, ...]], cand: Candidate) -> dict[int, Candidate]:
@@ -724,12 +734,21 @@ def uniform_assignment(allowed: dict[int, tuple[Candidate, ...]], cand: Candidat
     return {gid: cand if cand in options else fallback(options) for gid, options in allowed.items()}
 
 
-def _uniform_point(simulator: Simulator, costs: CostModel, allowed: dict, cand: Candidate, metric: str) -> dict:
-    """Cost and simulated SQNR with every group at one candidate (the uniform baselines); all-FP32
-    is the float model itself (no noise), not its 16-bit simulation."""
-    assignment = uniform_assignment(allowed, cand)
-    nsr = 0.0 if cand.is_float else simulator.nsr(assignment)
-    return {"cost": costs.total(assignment, metric), "nsr": nsr, "sqnr_db": numerics.nsr_to_db(nsr)}
+def _uniform_points(analysis: Analysis, config: OptimizeConfig) -> dict[str, dict]:
+    """Cost and simulated SQNR with every group at one candidate (the uniform baselines), for
+    every candidate; all-FP32 is the float model itself (no noise), not its 16-bit simulation.
+    The SQNRs do not depend on the budget or the metric: kept in the cache with Phase 1's results."""
+    stored = (analysis.cache.load_json("uniform.json") or {}) if analysis.cache_hit else {}
+    points = {}
+    for cand in config.candidates:
+        assignment = uniform_assignment(analysis.allowed, cand)
+        if str(cand) not in stored:
+            stored[str(cand)] = 0.0 if cand.is_float else analysis.simulator.settled_nsr(assignment)
+        nsr = stored[str(cand)]
+        points[str(cand)] = {"cost": analysis.costs.total(assignment, config.metric), "nsr": nsr,
+                             "sqnr_db": numerics.nsr_to_db(nsr)}
+    analysis.cache.save_json("uniform.json", stored)
+    return points
 
 
 def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[str],

@@ -116,13 +116,14 @@ class Simulator:
         self._weight_group = plan.group_of_weight()
         self._cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self._weight_bytes = 0
+        self._settled: dict[tuple, float] = {}
         self.evaluations = 0
 
     def on_data(self, data: CalibrationSet, reference: list[np.ndarray]) -> Simulator:
         """The same simulation (session, parameters, cached feeds) over other data, e.g. Phase 1's
         subset of the calibration samples; ``reference``: the float model's values there."""
         other = copy.copy(self)
-        other.data, other.reference, other._partial, other.evaluations = data, reference, None, 0
+        other.data, other.reference, other._partial, other.evaluations, other._settled = data, reference, None, 0, {}
         return other
 
     def ingredients(self) -> tuple:
@@ -234,3 +235,11 @@ class Simulator:
     def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
         """Noise-to-signal ratio of the observed outputs against the float reference."""
         return numerics.noise_ratio(self.reference, self.outputs(assignment, overrides))
+
+    def settled_nsr(self, assignment: Assignment) -> float:
+        """``nsr``, evaluated once per assignment: for Phase 2 and later, once every range method
+        is settled (Phase 1 changes them while it measures, so it calls ``nsr``)."""
+        key = tuple(sorted((gid, str(c)) for gid, c in assignment.items()))
+        if key not in self._settled:
+            self._settled[key] = self.nsr(assignment)
+        return self._settled[key]
