@@ -87,3 +87,39 @@ def test_a_candidate_slower_and_less_precise_than_another_leaves_the_ladder():
     nsr = {(0, w8a8): 1e-3, (0, fp32): 1e-9}
     assert group_ladder(0, (w8a8, fp32), nsr, lambda g, c: 1.5 if c == w8a8 else 1.0) == [fp32]
     assert group_ladder(0, (w8a8, fp32), nsr, lambda g, c: 0.4 if c == w8a8 else 1.0) == [fp32, w8a8]
+
+
+def test_phase1_skips_only_what_no_budget_could_choose(monkeypatch):
+    """On ``ort`` with a group whose W8A8 kernels time slower than float, Phase 1 measures neither
+    that group's W8A8 nor any weightless group; the budget choices, made again from a Phase 1 that
+    measured every candidate of every group, are the same."""
+    import dataclasses
+
+    from onnxmp import OptimizeConfig
+    from onnxmp.pipeline import _family_curves, analyze
+    from onnxmp.search.pareto import choose_for_budget
+    from onnxmp.search.phase1 import sensitivity_list
+    from onnxmp.targets import ort as ort_target
+
+    def timings(model, plan, data, weights):  # the first weighted layer's group slower at W8A8, the others faster
+        first = plan.group_of_weight()[plan.weighted_ops[0].weight]
+        return {op.node: {"FP32": 1.0, "W8A8": 1.5 if plan.group_of_weight()[op.weight] == first else 0.4}
+                for op in plan.weighted_ops}
+
+    monkeypatch.setattr(ort_target, "PROFILE", dataclasses.replace(ort_target.PROFILE, measure_latency=timings))
+    config = OptimizeConfig(calib="models/digits/calib.npz", cache_dir=None).resolved()
+    analysis = analyze("models/digits/digits_cnn.onnx", config)
+    measured = {(s.gid, s.candidate) for s in analysis.sensitivities if s.evaluated}
+    slow = analysis.plan.group_of_weight()[analysis.plan.weighted_ops[0].weight]
+    weightless = {g.gid for g in analysis.plan.groups if not g.weights}
+    assert measured and not {gid for gid, _ in measured} & ({slow} | weightless)
+    full = sensitivity_list(analysis.simulator, analysis.plan.groups, config.candidates, allowed=analysis.allowed)
+    assert {(s.gid, s.candidate) for s in full.sensitivities if s.evaluated} > measured
+    cost = lambda g, c: analysis.costs.group_cost(g, c, config.metric)  # noqa: E731
+
+    def choices(sensitivities) -> list[dict]:
+        table = {(s.gid, s.candidate): s.nsr for s in sensitivities}
+        curve = _family_curves(analysis, (config.candidates,), table, cost)[0]
+        return [choose_for_budget(curve, budget, table, cost).assignment for budget in (1.0, 0.97, 0.95, 0.93)]
+
+    assert choices(analysis.sensitivities) == choices(full.sensitivities)
