@@ -34,12 +34,13 @@ def ort_quantize_static_w8a8(model_path: str, arrays: Data, out_path: str, batch
     UINT8 activations calibrated with min/max on ``arrays`` (samples, or a list of whole feeds).
     ``opset``: first convert a model of an older opset to it; ``skip_symbolic_shape``: skip
     onnxruntime's symbolic shape inference in the pre-processing (see ``static_ways``)."""
+    model_path = os.path.abspath(model_path)  # before the working directory changes below
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
         if opset is not None:
             model_path = _at_least_opset(model_path, opset, os.path.join(tmp, f"opset{opset}.onnx"))
         with contextlib.chdir(tmp):  # it writes shape-inference scratch files into the working directory
-            quant_pre_process(os.path.abspath(model_path), pre, skip_symbolic_shape=skip_symbolic_shape)
+            quant_pre_process(model_path, pre, skip_symbolic_shape=skip_symbolic_shape)
         quantize_static(pre, out_path, _Reader(arrays, batch), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
