@@ -11,25 +11,67 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+Data = dict[str, np.ndarray] | list[dict[str, np.ndarray]]
+
 
 class _Reader(CalibrationDataReader):
-    def __init__(self, arrays: dict[str, np.ndarray], batch: int) -> None:
-        n = len(next(iter(arrays.values())))
-        self._feeds = iter([{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, n, batch)])
+    """``arrays`` (samples along the first axis) in runs of ``batch`` samples, or a list of whole
+    feeds (e.g. a sequence plus state), one run each, as given."""
+
+    def __init__(self, arrays: Data, batch: int = 16) -> None:
+        if isinstance(arrays, dict):
+            n = len(next(iter(arrays.values())))
+            arrays = [{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, n, batch)]
+        self._feeds = iter(arrays)
 
     def get_next(self):
         return next(self._feeds, None)
 
 
-def ort_quantize_static_w8a8(model_path: str, arrays: dict[str, np.ndarray], out_path: str, batch: int = 16) -> None:
+def ort_quantize_static_w8a8(model_path: str, arrays: Data, out_path: str, batch: int = 16, opset: int | None = None,
+                             skip_symbolic_shape: bool = False) -> None:
     """onnxruntime's recommended static QDQ flow: pre-process, then per-channel INT8 weights and
-    UINT8 activations calibrated with min/max on ``arrays``."""
+    UINT8 activations calibrated with min/max on ``arrays`` (samples, or a list of whole feeds).
+    ``opset``: first convert a model of an older opset to it; ``skip_symbolic_shape``: skip
+    onnxruntime's symbolic shape inference in the pre-processing (see ``static_ways``)."""
+    model_path = os.path.abspath(model_path)  # before the working directory changes below
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
+        if opset is not None:
+            model_path = _at_least_opset(model_path, opset, os.path.join(tmp, f"opset{opset}.onnx"))
         with contextlib.chdir(tmp):  # it writes shape-inference scratch files into the working directory
-            quant_pre_process(os.path.abspath(model_path), pre)
+            quant_pre_process(model_path, pre, skip_symbolic_shape=skip_symbolic_shape)
         quantize_static(pre, out_path, _Reader(arrays, batch), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def model_opset(model_path: str) -> int:
+    model = onnx.load(model_path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _at_least_opset(model_path: str, opset: int, out_path: str) -> str:
+    """``out_path``: the model converted to ``opset`` where its own is older, else as it is."""
+    model = onnx.load(model_path)
+    if model_opset(model_path) < opset:
+        model = onnx.version_converter.convert_version(model, opset)
+    onnx.save(model, out_path)
+    return out_path
+
+
+def static_ways(model_path: str) -> list[tuple[str, dict]]:
+    """The ways to run ``ort_quantize_static_w8a8`` on a model, to try in order where one fails
+    or writes a model onnxruntime cannot load: (label, keyword arguments). As is; on the model
+    converted to opset 13 (per-channel DequantizeLinear needs it) where it is older; then with
+    onnxruntime's symbolic shape inference skipped."""
+    opset = model_opset(model_path)
+    ways = [("as benchmarks/peers.py runs it", {})]
+    converted = f"on the model converted from opset {opset} to 13" if opset < 13 else ""
+    if converted:
+        ways.append((converted, {"opset": 13}))
+    ways.append((converted + " with `quant_pre_process(skip_symbolic_shape=True)`",
+                 {"opset": 13, "skip_symbolic_shape": True}))
+    return ways
 
 
 def count_activation_quantizers(model: onnx.ModelProto) -> int:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import bench_models, git_state, markdown_table, samples_calib_only, write_result  # noqa: E402
-from peers import ort_quantize_static_w8a8  # noqa: E402
+from peers import ort_quantize_static_w8a8, static_ways  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
 from onnxmp.model.loader import load_model, prepare_model  # noqa: E402
@@ -119,46 +119,29 @@ def _quantize_peer(model_path: str, arrays: dict[str, np.ndarray], out: str) -> 
     """onnxruntime's quantize_static W8A8 as benchmarks/peers.py runs it. Where that fails or writes
     a model onnxruntime cannot load, the same settings on the model converted to opset 13 (per-channel
     DequantizeLinear needs it), then, if onnxruntime's symbolic shape inference still fails, with
-    that pre-processing step skipped. Returns a note saying what ran ("" for peers.py as is)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    from peers import _Reader
-
-    def plain(path: str) -> None:
-        ort_quantize_static_w8a8(path, arrays, out)
-
-    def no_symbolic(path: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            pre = os.path.join(tmp, "pre.onnx")
-            quant_pre_process(path, pre, skip_symbolic_shape=True)
-            quantize_static(pre, out, _Reader(arrays, 16), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
+    that pre-processing step skipped (``peers.static_ways``). Returns a note saying what ran ("" for
+    peers.py as is)."""
     failures = []
-    with tempfile.TemporaryDirectory() as tmp:
-        opset13 = os.path.join(tmp, "opset13.onnx")
-        model = onnx.load(model_path)
-        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        onnx.save(onnx.version_converter.convert_version(model, 13) if opset < 13 else model, opset13)
-        ways = [("as benchmarks/peers.py runs it", plain, model_path)]
-        if opset < 13:
-            ways.append((f"on the model converted from opset {opset} to 13", plain, opset13))
-        ways.append(((f"on the model converted from opset {opset} to 13" if opset < 13 else "")
-                     + " with `quant_pre_process(skip_symbolic_shape=True)`", no_symbolic, opset13))
-        for label, run, path in ways:
-            try:
-                run(path)
-            except Exception as exc:
-                text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-                failures.append(f"{label}: {type(exc).__name__}{': ' + text if text else ''}")
-                continue
-            if not _loads(out):
-                failures.append(f"{label}: the output does not load in onnxruntime")
-                continue
-            if not failures:
-                return ""
+    for label, options in static_ways(model_path):
+        failure = _try_peer(model_path, arrays, out, label, options)
+        if failure:
+            failures.append(failure)
+        elif not failures:
+            return ""
+        else:
             return "quantize_static " + label.strip() + " (same settings as peers.py), after: " + "; ".join(failures)
     raise RuntimeError("onnxruntime quantize_static failed every way: " + "; ".join(failures))
+
+
+def _try_peer(model_path: str, arrays, out: str, label: str, options: dict) -> str:
+    """"" where ``ort_quantize_static_w8a8(..., **options)`` wrote a model onnxruntime loads, else
+    why not, starting with ``label``."""
+    try:
+        ort_quantize_static_w8a8(model_path, arrays, out, **options)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return f"{label}: {type(exc).__name__}{': ' + text if text else ''}"
+    return "" if _loads(out) else f"{label}: the output does not load in onnxruntime"
 
 
 def _peer_sqnr(peer_path: str, names: list[str], data, reference: list[np.ndarray]) -> tuple[float, str]:
