@@ -148,19 +148,35 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, bits: int, exact_zeros: int =
     return min(lo, 0.0), max(hi, 0.0)
 
 
-def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray], signal: list[float] | None = None) -> float:
     """Noise-to-signal power ratio, averaged over the outputs (so outputs of any scale count
     alike); additive when independent noise sources combine, which Phase 2 relies on. Where the
-    reference itself is NaN or Inf (a fully masked row) there is nothing to compare."""
+    reference itself is NaN or Inf (a fully masked row) there is nothing to compare. ``signal``:
+    ``signal_powers(reference)``, for a caller that compares many outputs with one reference."""
+    signal = signal_powers(reference) if signal is None else signal
     ratios = []
-    for ref, out in zip(reference, test, strict=True):
-        ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
-        finite = np.isfinite(ref64)
-        ref64, out64 = ref64[finite], out64[finite]
-        signal = float((ref64**2).sum())
-        noise = float(((ref64 - out64) ** 2).sum())
-        ratios.append(noise / max(signal, _TINY))
+    for ref, out, power in zip(reference, test, signal, strict=True):
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where the reference is masked anyway
+            diff = np.subtract(ref, out, dtype=np.float32)
+        if not np.isfinite(diff).all():  # only where the reference is finite
+            diff = diff[np.isfinite(ref)]
+        ratios.append(_sum_squares(diff) / max(power, _TINY))
     return float(np.mean(ratios))
+
+
+def signal_powers(reference: list[np.ndarray]) -> list[float]:
+    """Each output's power over its finite values (the denominator of ``noise_ratio``)."""
+    return [_sum_squares(np.asarray(ref, np.float32)[np.isfinite(ref)]) for ref in reference]
+
+
+def _sum_squares(values: np.ndarray, chunk: int = 1 << 20) -> float:
+    """Σ x² accumulated in float64, a chunk at a time (no float64 copy of a large array)."""
+    flat = values.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, chunk):
+        part = flat[start:start + chunk].astype(np.float64)
+        total += float(np.dot(part, part))
+    return total
 
 
 def nsr_to_db(nsr: float) -> float:

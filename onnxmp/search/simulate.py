@@ -117,13 +117,15 @@ class Simulator:
         self._cache: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self._weight_bytes = 0
         self._settled: dict[tuple, float] = {}
+        self._signal: list[float] | None = None  # the reference's power per output, once
         self.evaluations = 0
 
     def on_data(self, data: CalibrationSet, reference: list[np.ndarray]) -> Simulator:
         """The same simulation (session, parameters, cached feeds) over other data, e.g. Phase 1's
         subset of the calibration samples; ``reference``: the float model's values there."""
         other = copy.copy(self)
-        other.data, other.reference, other._partial, other.evaluations, other._settled = data, reference, None, 0, {}
+        other.data, other.reference, other._partial, other.evaluations = data, reference, None, 0
+        other._settled, other._signal = {}, None
         return other
 
     def ingredients(self) -> tuple:
@@ -234,7 +236,9 @@ class Simulator:
 
     def nsr(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> float:
         """Noise-to-signal ratio of the observed outputs against the float reference."""
-        return numerics.noise_ratio(self.reference, self.outputs(assignment, overrides))
+        if self._signal is None:
+            self._signal = numerics.signal_powers(self.reference)
+        return numerics.noise_ratio(self.reference, self.outputs(assignment, overrides), self._signal)
 
     def settled_nsr(self, assignment: Assignment) -> float:
         """``nsr``, evaluated once per assignment: for Phase 2 and later, once every range method
