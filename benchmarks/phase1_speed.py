@@ -5,7 +5,9 @@
 Per model: the naive Phase 1 (a fresh exported QDQ model and onnxruntime session per distinct
 configuration: the all-highest baseline once, and per group each candidate that changes the
 model, so no W4A8 run of a weightless group that W8A8 already made; the ranges are the ones
-Phase 1 chose); onnxmp evaluating whole graphs (``--max-memory 0``);
+Phase 1 chose; only the candidates onnxmp's Phase 1 measures: those Phase 2 can choose); the lean
+naive way (``lean_naive_phase1``: per configuration a copy of the model with only that group
+quantized, a fresh session, one pass, no caching); onnxmp evaluating whole graphs (``--max-memory 0``);
 onnxmp with partial re-evaluation from cached cut points (the default); the same with
 ``--workers 2``. Each onnxmp run is a fresh process; peak resident memory is each process's own
 (/proc VmHWM: the run's process, and the largest worker's, polled while it runs). Also AdaRound's seconds per layer (W4, 1000
@@ -38,6 +40,7 @@ from onnxmp.runtime.session import make_session, run_over, with_outputs
 # the paper's candidates, with quantizers around every op (``--target generic``): Phase 1's full
 # G x C workload, not the two-candidate default of --target ort
 CANDIDATES = parse_candidates("W4A8,W8A8,W8A16")
+FP32 = parse_candidates("FP32")[0]
 
 
 def deep_cnn(layers: int, seed: int = 0) -> onnx.ModelProto:
@@ -72,15 +75,18 @@ def _effect(group, cand) -> tuple[int | None, int | None]:
     return (cand.w_bits if group.weights else None, cand.a_bits if group.activations else None)
 
 
-def distinct_configs(groups, candidates) -> list[tuple[int | None, object]]:
+def distinct_configs(groups, candidates, wanted: set | None = None) -> list[tuple[int | None, object]]:
     """The configurations the simple way must evaluate, each once: the all-highest baseline
     (``(None, highest)``), then per group every candidate whose effect differs from the highest's
-    and from the group's earlier candidates."""
+    and from the group's earlier candidates; with ``wanted``, only the (group, candidate) pairs
+    in it (those Phase 2 can choose, which onnxmp's Phase 1 measures: no more for the simple way)."""
     highest = candidates[-1]
     configs: list[tuple[int | None, object]] = [(None, highest)]
     for group in groups:
         seen = {_effect(group, highest)}
         for cand in candidates[:-1]:
+            if wanted is not None and (group.gid, cand) not in wanted:
+                continue
             if _effect(group, cand) not in seen:
                 seen.add(_effect(group, cand))
                 configs.append((group.gid, cand))
@@ -94,9 +100,10 @@ def naive_phase1(analysis, candidates) -> tuple[float, dict]:
     highest = candidates[-1]
     baseline = {g.gid: highest for g in analysis.plan.groups}
     names = analysis.simulator.observed
+    wanted = {(s.gid, s.candidate) for s in analysis.sensitivities}
     start = time.perf_counter()
     measured = {}
-    for gid, cand in distinct_configs(analysis.plan.groups, candidates):
+    for gid, cand in distinct_configs(analysis.plan.groups, candidates, wanted):
         assignment = baseline if gid is None else {**baseline, gid: cand}
         model = export_qdq(analysis.model, analysis.plan, analysis.params, assignment)
         session = make_session(with_outputs(model, names), optimized=False)  # no integer-kernel fusion
@@ -104,11 +111,30 @@ def naive_phase1(analysis, candidates) -> tuple[float, dict]:
     seconds = time.perf_counter() - start
     results = {}
     for group in analysis.plan.groups:
-        for cand in candidates:
-            same = next((c for c in candidates if _effect(group, c) == _effect(group, cand)), cand)
+        for cand in [c for c in candidates if (group.gid, c) in wanted]:
+            same = next((c for c in candidates if _effect(group, c) == _effect(group, cand) and (group.gid, c) in wanted),
+                        cand)
             key = (None, highest) if _effect(group, same) == _effect(group, highest) else (group.gid, same)
             results[(group.gid, cand)] = measured[key]
     return seconds, {"sqnr": results, "evaluations": len(measured)}
+
+
+def lean_naive_phase1(analysis, candidates) -> tuple[float, int]:
+    """The leanest simple way: per distinct configuration of ``naive_phase1``, a copy of the model
+    with only that group quantized (every other group left float: no other quantizer at all), a
+    fresh session, one pass over the samples; no caching. It measures a slightly different
+    quantity (the others float, not at the highest candidate); its time is the baseline that
+    counts. Returns (seconds, evaluations)."""
+    wanted = {(s.gid, s.candidate) for s in analysis.sensitivities}
+    float_all = {g.gid: FP32 for g in analysis.plan.groups}
+    names = analysis.simulator.observed
+    configs = [(g, c) for g, c in distinct_configs(analysis.plan.groups, candidates, wanted) if g is not None]
+    start = time.perf_counter()
+    for gid, cand in configs:
+        model = export_qdq(analysis.model, analysis.plan, analysis.params, {**float_all, gid: cand})
+        session = make_session(with_outputs(model, names), optimized=False)
+        numerics.sqnr_db(analysis.simulator.reference, run_over(session, analysis.data, names))
+    return time.perf_counter() - start, len(configs)
 
 
 def _own_peak_mb(pid: int | str = "self") -> float:
@@ -178,6 +204,7 @@ def run_onnxmp(path: str, calib: str, workers: int, max_memory: int | None, adar
         seconds, naive = naive_phase1(analysis, config.candidates)
         out.update(naive_s=seconds, naive_evals=naive["evaluations"],
                    naive={(g, str(c)): v for (g, c), v in naive["sqnr"].items()})
+        out["lean_s"], out["lean_evals"] = lean_naive_phase1(analysis, config.candidates)
     out["peak_mb"] = (_own_peak_mb(), max(workers_seen.peaks.values(), default=0.0))
     return out
 
@@ -219,9 +246,10 @@ def measure(name: str, path: str, calib: str, adaround: bool = True) -> list[str
         return f"{own:.0f}" if child < 1 else f"{own:.0f} (worker {child:.0f})"
 
     return [name, str(whole["layers"]), str(whole["groups"]), str(whole["samples"]),
-            f"{whole['naive_evals']}", f"{naive:.1f}",
+            f"{whole['naive_evals']}", f"{naive:.1f}", f"{whole['lean_evals']}", f"{whole['lean_s']:.1f}",
             f"{whole['evaluations']}", f"{whole['phase1_s']:.1f}", f"{partial['phase1_s']:.1f}",
             f"{parallel['phase1_s']:.1f}", f"**{naive / partial['phase1_s']:.1f}×**", f"{naive / parallel['phase1_s']:.1f}×",
+            f"{whole['lean_s'] / partial['phase1_s']:.1f}×",
             f"{mem(whole)} / {mem(partial)} / {mem(parallel)}",
             ada,
             f"{gap:.3f}"]
@@ -236,8 +264,9 @@ def main() -> None:
     parser.add_argument("--note", default="", help="conditions of the run, added to each model's note")
     parser.add_argument("--samples", type=int, default=16, help="calibration samples (first N of calib.npz)")
     args = parser.parse_args()
-    header = ["model", "weighted layers", "groups", "samples", "naive evals", "naive s", "onnxmp evals",
-              "whole-graph s", "partial s", "partial, 2 workers s", "speed-up (1 process)", "speed-up (2 workers)",
+    header = ["model", "weighted layers", "groups", "samples", "naive evals", "naive s", "lean naive evals",
+              "lean naive s", "onnxmp evals", "whole-graph s", "partial s", "partial, 2 workers s",
+              "speed-up (1 process)", "speed-up (2 workers)", "vs lean naive (1 process)",
               "peak RSS MB whole / partial / 2 workers", "AdaRound s/layer 1 / 2 workers (layers)", "max SQNR gap dB"]
     rows, notes = [], {}
     state = f"onnxmp {git_state()}, {args.samples} samples" + (f"; {args.note}" if args.note else "")

@@ -62,11 +62,16 @@ def phase1_speed() -> str:
     for row in read_table("phase1_speed.md"):
         lines.append(
             f"- {row['model']} ({row['groups']} groups, {row['samples']} samples): naive {row['naive s']} s for "
-            f"{row['naive evals']} distinct configurations; onnxmp ({row['onnxmp evals']} evaluations, range choice "
+            f"{row['naive evals']} distinct configurations"
+            + (f", lean naive (only that group quantized) {row['lean naive s']} s for {row['lean naive evals']}"
+               if "lean naive s" in row else "")
+            + f"; onnxmp ({row['onnxmp evals']} evaluations, range choice "
             f"included) whole-graph {row['whole-graph s']} s, partial re-evaluation {row['partial s']} s "
             f"({row['speed-up (1 process)']}), `--workers 2` {row['partial, 2 workers s']} s "
-            f"({row['speed-up (2 workers)']}); peak RSS MB whole / partial / 2 workers: "
-            f"{row['peak RSS MB whole / partial / 2 workers']}; lists within {row['max SQNR gap dB']} dB of the naive way.")
+            f"({row['speed-up (2 workers)']})"
+            + (f", {row['vs lean naive (1 process)']} the lean naive way's speed" if "lean naive s" in row else "")
+            + "; peak RSS MB whole / partial / 2 workers: "
+            + f"{row['peak RSS MB whole / partial / 2 workers']}; lists within {row['max SQNR gap dB']} dB of the naive way.")
     return "\n".join(lines)
 
 
