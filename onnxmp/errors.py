@@ -24,6 +24,11 @@ class NothingToQuantizeError(ModelError):
     """The model has no op onnxmp can quantize."""
 
 
+class TargetRefusedError(ModelError):
+    """The deployment target's runtime refuses the exported model, or runs part of what it was
+    promised elsewhere (a fallback the target's profile calls an error)."""
+
+
 class CalibrationError(OnnxmpError):
     """Calibration data is missing, mismatched or not finite."""
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxmp._version import __version__
-from onnxmp.errors import BudgetTooLowError, ConfigError, ModelError, NothingToQuantizeError
+from onnxmp.errors import BudgetTooLowError, ConfigError, ModelError, NothingToQuantizeError, TargetRefusedError
 from onnxmp.model.files import check_writable, model_file_bytes, save_json, save_model
 from onnxmp.model.graph import subgraph_work
 from onnxmp.model.large import is_large, save_with_external_data
@@ -426,24 +426,22 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
                                                                    progress)
         measured = _measure_curve(simulator, curve, config.measured_points)
         chosen_nsr = simulator.settled_nsr(choice.assignment)
+        qdq, shipped, latency, on_target = _ship(analysis, choice, config, profile)
     else:
-        curve, greedy, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
-        measured = _measure_curve(simulator, curve, config.measured_points, config.budget)
-        choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed, config,
-                                                 group_cost)
-        before_fallback = _budget_choice_entry(simulator, greedy, choice)
-    if all(c.is_float for c in choice.assignment.values()):
-        logger.warning("no group is worth quantizing on --target %s within the budget (%s): the output is the "
-                       "float model", config.target, config.metric)
-    with _timed(timings, "export"):
-        qdq = _export(analysis, choice.assignment)
-        shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
-    qdq = _deployable(qdq, analysis.data, config)
-    latency = _time_shipped(profile, qdq, analysis, config, timings)
-    on_target = None
-    if profile.verify is not None:
-        with _timed(timings, "verify on target"):
-            on_target = _verify_on_target(profile, qdq, analysis, simulator)
+        ranked, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
+        for rank, (curve, greedy) in enumerate(ranked):
+            measured = _measure_curve(simulator, curve, config.measured_points, config.budget)
+            choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform, analysis.allowed,
+                                                     config, group_cost)
+            before_fallback = _budget_choice_entry(simulator, greedy, choice)
+            try:
+                qdq, shipped, latency, on_target = _ship(analysis, choice, config, profile)
+                break
+            except TargetRefusedError as exc:  # the runtime refused this width: the next best one
+                if rank + 1 == len(ranked):
+                    raise
+                logger.warning("%s; taking the best point of %s instead", exc, _family_name(ranked[rank + 1][0]))
+                families[rank]["refused_on_target"] = str(exc)
     record = build_record(
         input_path=input_path, config=config, plan=plan, costs=costs, sensitivities=analysis.sensitivities,
         base_nsr=analysis.base_nsr, curve=curve, choice=choice, chosen_nsr=chosen_nsr, measured=measured,
@@ -519,13 +517,13 @@ def _family_name(curve: ParetoCurve) -> str:
 
 
 def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], config: OptimizeConfig, table: dict,
-                           group_cost) -> tuple[ParetoCurve, Choice, OptimizeConfig, list[dict] | None]:
-    """The budget's choice on each family's curve, and the family whose choice simulates best
-    (each family's choice is evaluated once); with one family, its choice. Also what each family
-    gave, for the record."""
+                           group_cost) -> tuple[list[tuple[ParetoCurve, Choice]], OptimizeConfig, list[dict] | None]:
+    """The budget's choice on each family's curve, best simulated first (each family's choice is
+    evaluated once; the next one serves where the target's runtime refuses the first); with one
+    family, its choice. Also what each family gave, in that order, for the record."""
     if len(curves) == 1:
         greedy, config = _choose_for_budget(curves[0], config, table, group_cost)
-        return curves[0], greedy, config, None
+        return [(curves[0], greedy)], config, None
     options = []
     for curve in curves:
         with contextlib.suppress(BudgetTooLowError):
@@ -535,13 +533,13 @@ def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], conf
         cheapest = min(curves, key=lambda c: c.points[-1].relative_cost)
         greedy, config = _choose_for_budget(cheapest, config, table, group_cost)
         options = [(simulator.settled_nsr(greedy.assignment), cheapest, greedy)]
+    options.sort(key=lambda o: o[0])
     families = [{"candidates": _family_name(curve), "relative_cost": choice.relative_cost,
                  "simulated_sqnr_db": numerics.nsr_to_db(nsr)} for nsr, curve, choice in options]
-    _, curve, choice = min(options, key=lambda o: o[0])
-    logger.info("one activation width per model: %s; %s kept", "; ".join(
+    logger.info("one activation width per model: %s; %s first", "; ".join(
         f"{f['candidates']} at {f['relative_cost']:.3f} of the cost {f['simulated_sqnr_db']:.2f} dB" for f in families),
-        _family_name(curve))
-    return curve, choice, config, families
+        families[0]["candidates"])
+    return [(curve, choice) for _, curve, choice in options], config, families
 
 
 def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice, measured: dict[int, float],
@@ -553,7 +551,8 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
     baseline_cost = curve.baseline_cost
     best = (simulator.settled_nsr(choice.assignment), choice)
     options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
-    options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates]
+    family = {c for ladder in curve.ladders.values() for c in ladder}  # one width per model: this curve's
+    options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates if c in family]
     for nsr, assignment, index in options:
         cost = sum(group_cost(g, c) for g, c in assignment.items())
         if cost <= config.budget * baseline_cost * (1 + 1e-9) and nsr < best[0]:
@@ -575,6 +574,26 @@ def _budget_choice_entry(simulator: Simulator, greedy: Choice, choice: Choice) -
             "simulated_sqnr_db": numerics.nsr_to_db(simulator.settled_nsr(greedy.assignment)), "fallback": fallback}
 
 
+def _ship(analysis: Analysis, choice: Choice, config: OptimizeConfig, profile
+          ) -> tuple[onnx.ModelProto, dict, dict | None, dict | None]:
+    """Export the choice and measure what ships: its SQNR on onnxruntime, its latency, and its
+    verification on the target's runtime (``TargetRefusedError`` where the runtime refuses it)."""
+    timings, simulator = analysis.timings, analysis.simulator
+    if all(c.is_float for c in choice.assignment.values()):
+        logger.warning("no group is worth quantizing on --target %s within the budget (%s): the output is the "
+                       "float model", config.target, config.metric)
+    with _timed(timings, "export"):
+        qdq = _export(analysis, choice.assignment)
+        shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
+    qdq = _deployable(qdq, analysis.data, config)
+    latency = _time_shipped(profile, qdq, analysis, config, timings)
+    on_target = None
+    if profile.verify is not None:
+        with _timed(timings, "verify on target"):
+            on_target = _verify_on_target(profile, qdq, analysis, simulator)
+    return qdq, shipped, latency, on_target
+
+
 def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulator: Simulator) -> dict:
     """Run the exported model where it will be deployed; refuse when the profile's promise is
     broken there and the profile says that is an error (else warn)."""
@@ -583,7 +602,7 @@ def _verify_on_target(profile, qdq: onnx.ModelProto, analysis: Analysis, simulat
     logger.info("on %s: %s", profile.name, {k: v for k, v in report.items() if not isinstance(v, list)})
     broken = report.get("broken_promise")
     if broken and profile.refuse_broken_promise:
-        raise ModelError(f"--target {profile.name}: {broken}")
+        raise TargetRefusedError(f"--target {profile.name}: {broken}")
     if broken:
         logger.warning("on %s, %s", profile.name, broken)
     return report

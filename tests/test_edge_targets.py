@@ -154,6 +154,33 @@ def test_one_width_per_model_searches_each_width_and_keeps_the_better(monkeypatc
     assert record["chosen"]["sqnr_db_ort_default"] >= w4a16["chosen"]["sqnr_db_ort_default"] - 0.1
 
 
+def test_a_width_the_target_refuses_gives_way_to_the_next_best(monkeypatch, tmp_path):
+    """Where the target's runtime refuses the best width's model (HTP refused ppocr_det's 8-bit
+    one at finalize), the next best width's point is exported, and the record says why; where it
+    refuses every width, the error reaches the user."""
+    from onnxmp import pipeline
+    from onnxmp.errors import TargetRefusedError
+
+    def verify(model, data, observed, reference, folder):  # a runtime without 8-bit activations
+        eight = TensorProto.UINT8 in _activation_types(model)
+        return {"sqnr_db": 30.0, "broken_promise": "8-bit activations refused" if eight else None}
+
+    profile = dataclasses.replace(get_target("qnn-htp"), verify=verify)
+    monkeypatch.setattr(pipeline, "get_target", lambda name: profile)
+    config = OptimizeConfig(budget=0.5, calib="models/digits/calib.npz", cache_dir=None, target="qnn-htp")
+    out = tmp_path / "htp.onnx"
+    record = optimize(DIGITS, str(out), config).record
+    first, second = record["chosen"]["families"]
+    assert first["candidates"] == "W4A8,W8A8" and "8-bit activations refused" in first["refused_on_target"]
+    assert second["candidates"] == "W4A16,W8A16" and "refused_on_target" not in second
+    assert _activation_types(onnx.load(str(out))) == {TensorProto.UINT16}
+    assert set(record["chosen"]["mix"]) <= {"W4A16", "W8A16"}
+    monkeypatch.setattr(pipeline, "get_target", lambda name: dataclasses.replace(
+        profile, verify=lambda *args: {"sqnr_db": 0.0, "broken_promise": "nothing runs here"}))
+    with pytest.raises(TargetRefusedError, match="nothing runs here"):
+        optimize(DIGITS, None, config)
+
+
 def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):
     model = prepare_model(onnx.load(DIGITS))
     data = CalibrationSet("test", {"input": np.load("models/digits/calib.npz")["input"][:4]})

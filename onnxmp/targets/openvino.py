@@ -17,7 +17,7 @@ import os
 import numpy as np
 import onnx
 
-from onnxmp.errors import ModelError
+from onnxmp.errors import TargetRefusedError
 from onnxmp.runtime.data import CalibrationSet
 from onnxmp.runtime.session import with_outputs
 from onnxmp.targets.checks import runtime_missing, sqnr_of_runs
@@ -47,7 +47,7 @@ def compile_cpu(path: str):
         return core.compile_model(core.read_model(path), "CPU")
     except Exception as exc:  # OpenVINO's message is a stack of "Exception from <file>" lines: keep the cause
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
-        raise ModelError(f"OpenVINO cannot compile the model: {' '.join(lines)[:400] or str(exc)[:400]}") from exc
+        raise TargetRefusedError(f"OpenVINO cannot compile the model: {' '.join(lines)[:400] or str(exc)[:400]}") from exc
 
 
 def layer_precisions(compiled) -> dict[str, list[str]]:

@@ -34,7 +34,7 @@ import re
 import numpy as np
 import onnx
 
-from onnxmp.errors import ModelError
+from onnxmp.errors import TargetRefusedError
 from onnxmp.model.fusions import fuse_erf_gelu
 from onnxmp.runtime.data import CalibrationSet
 from onnxmp.runtime.session import with_outputs
@@ -76,7 +76,7 @@ def htp_session(model: onnx.ModelProto, profile_prefix: str | None = None):
         try:
             session = ort.InferenceSession(model.SerializeToString(), options)
         except Exception as exc:
-            raise ModelError(f"the QNN HTP backend cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+            raise TargetRefusedError(f"the QNN HTP backend cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
     return session, lines
 
 
