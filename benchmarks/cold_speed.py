@@ -11,8 +11,8 @@ or the first N feed files of a calib folder; default all), each in a fresh proce
 - **onnxmp**: ``python -m onnxmp optimize MODEL OUT --budget 0.5 --calib CALIB --cache-dir FRESH
   --report R``: default target (ort) and options, an empty results cache, so nothing is reused.
   Stage columns (**load s** ... **latency of the output s**): the record's ``timings_s``, every
-  stage it times; **latency** (the per-layer W8A8 timing the ort target's latency metric needs)
-  runs inside **phase2**, whose seconds include it. **start-up + rest s**: the wall time outside
+  stage it times; **latency** is the per-layer W8A8 timing the ort target's latency metric needs
+  (before Phase 1, which skips what it rules out). **start-up + rest s**: the wall time outside
   every top-level stage (interpreter start, imports, argument parsing, the output made
   deployable, writing the files). **onnxmp total s**: the process, start to exit.
 - **NNCF**: ``nncf.quantize`` (NNCF 3.4.0, default settings: uniform INT8; with
@@ -140,7 +140,7 @@ NNCF_VENV = os.path.join(HERE, ".venv-nncf")
 NNCF_VERSION = "3.4.0"
 TRANSFORMERS = {"minilm"}  # nncf.quantize(model_type=nncf.ModelType.TRANSFORMER)
 BUDGET = "0.5"
-NESTED = {"latency": "phase2"}  # stages timed inside another (onnxmp/pipeline.py _layer_times)
+NESTED: dict[str, str] = {}  # stages timed inside another one (none since latency moved before Phase 1)
 OUTSIDE = "(outside stages)"
 TOOLS = ("onnxmp", "NNCF", "quantize_static")
 
@@ -429,8 +429,7 @@ def main() -> None:
         text += (f"\n## Profile\n\nonnxmp optimize under cProfile (in-process, fresh cache), one profiler per stage "
                  f"of onnxmp/pipeline.py's `_timed`, nested stages excluded from their parent, {OUTSIDE} the rest "
                  f"of the call; per stage the top {args.top} functions by self time, then the top {args.top} onnxmp "
-                 "functions by cumulative time. **record s**: the stage's seconds in that run's record (phase2's "
-                 "include latency's); **profiled s**: the time its own profiler saw (nested stages excluded). Both "
+                 "functions by cumulative time. **record s**: the stage's seconds in that run's record; **profiled s**: the time its own profiler saw (nested stages excluded). Both "
                  "exceed the cold run's where Python-heavy code runs (cProfile's overhead).\n\n"
                  + "\n".join(profiles))
     write_result("cold_speed.md", text)
