@@ -429,7 +429,8 @@ def main() -> None:
         text += (f"\n## Profile\n\nonnxmp optimize under cProfile (in-process, fresh cache), one profiler per stage "
                  f"of onnxmp/pipeline.py's `_timed`, nested stages excluded from their parent, {OUTSIDE} the rest "
                  f"of the call; per stage the top {args.top} functions by self time, then the top {args.top} onnxmp "
-                 "functions by cumulative time. **record s**: the stage's seconds in that run's record; **profiled s**: the time its own profiler saw (nested stages excluded). Both "
+                 "functions by cumulative time. **record s**: the stage's seconds in that run's record; **profiled s**: "
+                 "the time its own profiler saw (nested stages excluded). Both "
                  "exceed the cold run's where Python-heavy code runs (cProfile's overhead).\n\n"
                  + "\n".join(profiles))
     write_result("cold_speed.md", text)
