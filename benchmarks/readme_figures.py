@@ -22,10 +22,14 @@ README = os.path.join(ROOT, "README.md")
 BLOCK = re.compile(r"(<!-- figures:(\w+) -->\n)(.*?)(<!-- /figures:\2 -->)", re.S)
 
 
-def read_table(name: str) -> list[dict[str, str]]:
-    """The rows of the Markdown table in benchmarks/results/<name>, keyed by the header cells."""
+def read_table(name: str, section: str | None = None) -> list[dict[str, str]]:
+    """The rows of the Markdown table in benchmarks/results/<name> (the one under the heading
+    ``section`` where the file holds several), keyed by the header cells."""
     with open(os.path.join(HERE, "results", name), encoding="utf-8") as handle:
-        lines = [line.strip() for line in handle if line.startswith("| ")]
+        text = handle.read()
+    if section is not None:
+        text = text.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in text.splitlines(keepends=True) if line.startswith("| ")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     header = _unique(cells[0])
     return [dict(zip(header, row, strict=False)) for row in cells[1:] if [c.strip() for c in row] != cells[0]]
@@ -104,7 +108,26 @@ def targets_edge() -> str:
     return "\n".join(lines)
 
 
-RENDERERS: dict[str, Callable[[], str]] = {"phase1_speed": phase1_speed, "deploy": deploy,
+def cold_speed() -> str:
+    """Cold optimize time against NNCF, before and after, with the output's quality either side."""
+    lines = [f"From [cold_speed.md](benchmarks/results/cold_speed.md) ({provenance('cold_speed.md')}) against "
+             f"[cold_speed_before.md](benchmarks/results/cold_speed_before.md) ({provenance('cold_speed_before.md')}); "
+             "onnxmp's cold `optimize --budget 0.5` and NNCF's `nncf.quantize` on the same data, one run each:"]
+    before = {r["model"]: r for r in read_table("cold_speed_before.md", "## Time")}
+    before_q = {r["model"]: r for r in read_table("cold_speed_before.md", "## Quality")}
+    quality = {r["model"]: r for r in read_table("cold_speed.md", "## Quality")}
+    for row in read_table("cold_speed.md", "## Time"):
+        model, was, q, was_q = row["model"], before.get(row["model"]), quality[row["model"]], before_q.get(row["model"])
+        text = (f"- {model}: onnxmp {row['onnxmp total s']} s ({row['onnxmp / NNCF']} NNCF's {row['NNCF total s']} s)"
+                + (f", was {was['onnxmp total s']} s ({was['onnxmp / NNCF']})" if was else "")
+                + f"; task score {q['onnxmp score']}, SQNR {sqnr(q['onnxmp SQNR dB'])}"
+                + (f" (was {was_q['onnxmp score']}, {sqnr(was_q['onnxmp SQNR dB'])})" if was_q else "")
+                + f"; NNCF {q['NNCF score']}, {sqnr(q['NNCF SQNR dB'])}.")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {"phase1_speed": phase1_speed, "deploy": deploy, "cold_speed": cold_speed,
                                            "targets_edge": targets_edge}
 
 
