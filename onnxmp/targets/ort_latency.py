@@ -70,7 +70,8 @@ def _layer_models(node: onnx.NodeProto, op: WeightedOp, weight: np.ndarray, bias
     q_inputs = [xq, "wdq"]
     if bias is not None:
         b_scale = np.maximum(np.float32(0.05) * scale.reshape(-1), np.float32(1e-12)).astype(np.float32)
-        b_ints = np.clip(np.round(bias / b_scale), -(2**31), 2**31 - 1).astype(np.int32)  # the time, not the values
+        # the time, not the values; in float64, where 2**31 - 1 is exact (float32 rounds it up: an overflowing cast)
+        b_ints = np.clip(np.round(bias.astype(np.float64) / b_scale), -(2**31), 2**31 - 1).astype(np.int32)
         inits += [numpy_helper.from_array(b_ints, "bq"),
                   numpy_helper.from_array(b_scale, "bs"), numpy_helper.from_array(np.zeros(b_scale.shape, np.int32), "bz")]
         nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bdq"], axis=0))
