@@ -516,7 +516,7 @@ def _family_curves(analysis: Analysis, families: tuple[tuple[Candidate, ...], ..
 
 
 def _family_name(curve: ParetoCurve) -> str:
-    return ",".join(sorted({str(c) for ladder in curve.ladders.values() for c in ladder}))
+    return ",".join(map(str, curve.candidates))
 
 
 def _choose_among_families(simulator: Simulator, curves: list[ParetoCurve], config: OptimizeConfig, table: dict,
@@ -554,8 +554,8 @@ def _best_within_budget(simulator: Simulator, curve: ParetoCurve, choice: Choice
     baseline_cost = curve.baseline_cost
     best = (simulator.settled_nsr(choice.assignment), choice)
     options = [(nsr, curve.assignment_at(i), i) for i, nsr in measured.items()]
-    family = {c for ladder in curve.ladders.values() for c in ladder}  # one width per model: this curve's
-    options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1) for c in config.candidates if c in family]
+    options += [(uniform[str(c)]["nsr"], uniform_assignment(allowed, c), -1)
+                for c in curve.candidates]  # one width per model: this curve's
     for nsr, assignment, index in options:
         cost = sum(group_cost(g, c) for g, c in assignment.items())
         if cost <= config.budget * baseline_cost * (1 + 1e-9) and nsr < best[0]:

@@ -38,6 +38,7 @@ class ParetoCurve:
     ladders: dict[int, list[Candidate]]
     base_nsr: float
     baseline_cost: float  # what relative costs are fractions of (the all-highest assignment's cost)
+    candidates: tuple[Candidate, ...] = ()  # the candidates the curve was built from (one family of them)
 
     def assignment_at(self, index: int) -> dict[int, Candidate]:
         """Replay the first ``index`` moves from the all-highest start."""
@@ -108,7 +109,7 @@ def pareto_curve(gids: list[int], candidates: tuple[Candidate, ...], nsr: dict[t
         total_cost -= cost(g, cur) - cost(g, nxt)
         est += nsr[(g, nxt)] - nsr[(g, cur)]
         points.append(CurvePoint(len(points), total_cost, total_cost / baseline_cost, est, (g, cur, nxt)))
-    return ParetoCurve(start, tuple(points), ladders, base_nsr, baseline_cost)
+    return ParetoCurve(start, tuple(points), ladders, base_nsr, baseline_cost, tuple(candidates))
 
 
 @dataclasses.dataclass(frozen=True)
