@@ -117,7 +117,7 @@ def chance_levels() -> dict[str, float]:
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table; cells of SQNR columns at or below 0 dB are marked broken, and task-score
     cells (columns named "... score") at chance marked so, by the model in the row's first cell."""
-    sqnr_columns = {i for i, name in enumerate(header) if "SQNR" in name}
+    sqnr_columns = {i for i, name in enumerate(header) if "SQNR" in name and "gap" not in name}  # a gap is no SQNR
     score_columns = {i for i, name in enumerate(header) if name.endswith("score") and name != "float score"}
     chance = chance_levels() if score_columns else {}
     rows = [[mark_broken(c) if i in sqnr_columns else mark_chance(c, chance.get(row[0])) if i in score_columns
