@@ -140,7 +140,6 @@ NNCF_VENV = os.path.join(HERE, ".venv-nncf")
 NNCF_VERSION = "3.4.0"
 TRANSFORMERS = {"minilm"}  # nncf.quantize(model_type=nncf.ModelType.TRANSFORMER)
 BUDGET = "0.5"
-NESTED: dict[str, str] = {}  # stages timed inside another one (none since latency moved before Phase 1)
 OUTSIDE = "(outside stages)"
 TOOLS = ("onnxmp", "NNCF", "quantize_static")
 
@@ -348,14 +347,14 @@ def _tool_cells(run: dict) -> list[str]:
 
 def time_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     stages = _stages([r["runs"]["onnxmp"]["record"] for r in results])
-    header = (["model", "samples"] + [f"{s} (in {NESTED[s]}) s" if s in NESTED else f"{s} s" for s in stages]
+    header = (["model", "samples"] + [f"{s} s" for s in stages]
               + ["start-up + rest s", "onnxmp total s", "NNCF total s", "NNCF call s", "quantize_static total s",
                  "quantize_static call s", "onnxmp / NNCF", "onnxmp / quantize_static"])
     rows = []
     for r in results:
         mp = r["runs"]["onnxmp"]
         timings = mp["record"]["timings_s"]
-        rest = mp["total"] - sum(t for s, t in timings.items() if s not in NESTED)
+        rest = mp["total"] - sum(timings.values())  # every stage is top-level
         rows.append([r["bench"].name, str(r["used"])] + [_seconds(timings[s]) if s in timings else "—" for s in stages]
                     + [_seconds(rest), _seconds(mp["total"]), *_tool_cells(r["runs"]["NNCF"]),
                        *_tool_cells(r["runs"]["quantize_static"]),

@@ -93,6 +93,11 @@ def distinct_configs(groups, candidates, wanted: set | None = None) -> list[tupl
     return configs
 
 
+def _measured(analysis) -> set:
+    """The (group, candidate) pairs onnxmp's Phase 1 holds: what either simple way evaluates."""
+    return {(s.gid, s.candidate) for s in analysis.sensitivities}
+
+
 def naive_phase1(analysis, candidates) -> tuple[float, dict]:
     """A fresh exported model and session per distinct configuration (``distinct_configs``),
     every other group at the highest, with the ranges Phase 1 chose (``analysis.params``).
@@ -100,7 +105,7 @@ def naive_phase1(analysis, candidates) -> tuple[float, dict]:
     highest = candidates[-1]
     baseline = {g.gid: highest for g in analysis.plan.groups}
     names = analysis.simulator.observed
-    wanted = {(s.gid, s.candidate) for s in analysis.sensitivities}
+    wanted = _measured(analysis)
     start = time.perf_counter()
     measured = {}
     for gid, cand in distinct_configs(analysis.plan.groups, candidates, wanted):
@@ -125,10 +130,10 @@ def lean_naive_phase1(analysis, candidates) -> tuple[float, int]:
     fresh session, one pass over the samples; no caching. It measures a slightly different
     quantity (the others float, not at the highest candidate); its time is the baseline that
     counts. Returns (seconds, evaluations)."""
-    wanted = {(s.gid, s.candidate) for s in analysis.sensitivities}
     float_all = {g.gid: FP32 for g in analysis.plan.groups}
     names = analysis.simulator.observed
-    configs = [(g, c) for g, c in distinct_configs(analysis.plan.groups, candidates, wanted) if g is not None]
+    configs = [(g, c) for g, c in distinct_configs(analysis.plan.groups, candidates, _measured(analysis))
+               if g is not None]
     start = time.perf_counter()
     for gid, cand in configs:
         model = export_qdq(analysis.model, analysis.plan, analysis.params, {**float_all, gid: cand})
