@@ -11,11 +11,14 @@ import onnx
 import pytest
 from conftest import CLASSIC, classic
 
+from onnxmp.model.large import light_copy
 from onnxmp.output.export import export_qdq
-from onnxmp.pipeline import analyze
+from onnxmp.pipeline import OptimizeConfig, analyze
 from onnxmp.quant import numerics
+from onnxmp.quant.candidates import Candidate
 from onnxmp.runtime.session import make_session, run_over, with_outputs
 from onnxmp.search.partial import find_cuts
+from onnxmp.search.simulate import without_quantizers
 
 DIGITS = "models/digits/digits_cnn.onnx"
 
@@ -233,3 +236,48 @@ def test_large_models_suffix_sessions_bake_no_weights(cnn_path, monkeypatch):
         sessions = list(sim._partial._sessions.values())
         assert sessions and all((s.baked_bytes > 0) == baked for s in sessions), limit
         sim.drop_baseline()
+
+
+@pytest.fixture(scope="module")
+def ort_engines():
+    """``--target ort``, whose most expensive candidate is FP32 (``bops``: repeatable, where the
+    default ``latency`` depends on timings)."""
+    base = OptimizeConfig(calib="models/digits/calib.npz", adaround="off", cache_dir=None, target="ort", metric="bops")
+    return {"whole": analyze(DIGITS, dataclasses.replace(base, max_memory=0)), "partial": analyze(DIGITS, base)}
+
+
+def test_float_groups_run_without_quantizers(ort_engines):
+    """A group left float has no quantizer in the simulation's runs, as in the exported file: the
+    all-FP32 baseline is the float model (no 16-bit stand-in), and every Phase 1 entry, whole-graph
+    or partial, matches the exported QDQ model with only that group quantized."""
+    whole, partial = ort_engines["whole"], ort_engines["partial"]
+    float_all = {g.gid: Candidate.parse("FP32") for g in whole.plan.groups}
+    assert whole.simulator.float_activations(float_all) == frozenset(whole.plan.activations)
+    for analysis in (whole, partial):
+        assert numerics.nsr_to_db(analysis.base_nsr) > 120  # float rounding only; a 16-bit grid gives ~90
+    assert _table(partial) == pytest.approx(_table(whole), rel=1e-3, abs=1e-12)
+    names = whole.simulator.observed
+    measured = [s for s in partial.sensitivities if s.evaluated]
+    assert measured
+    for entry in measured:
+        assignment = {**float_all, entry.gid: entry.candidate}
+        model = export_qdq(partial.model, partial.plan, partial.params, assignment)
+        outputs = run_over(make_session(with_outputs(model, names), optimized=False), partial.data, names)
+        assert numerics.sqnr_db(partial.simulator.reference, outputs) == pytest.approx(entry.sqnr_db, abs=0.05)
+
+
+def test_without_quantizers_gives_the_float_graph(cnn_path):
+    """Every quantizer removed, the simulation model computes the float model's values, reading a
+    graph input directly where its quantizer was the first node."""
+    analysis = analyze(str(cnn_path), classic(adaround="off", cache_dir=None))
+    sim = analysis.simulator
+    pruned, alias = without_quantizers(light_copy(sim._model, keep=None), frozenset(analysis.plan.activations))
+    assert not any(n.name.endswith(("::fq_clip", "::fq_q", "::fq_dq")) for n in pruned.graph.node)
+    assert not any(i.name.endswith(("::scale", "::zp", "::lo", "::hi")) for i in pruned.graph.input)
+    assert all(value in {o for n in pruned.graph.node for o in n.output} | {i.name for i in pruned.graph.input}
+               for value in alias.values())
+    session = make_session(pruned, outputs=sim.observed, keep_float_weights=True)
+    weights = {i.name: sim.params.float_weight(i.name) for i in session.get_inputs() if i.name not in sim.data.input_names}
+    outputs = run_over(session, analysis.data, sim.observed, weights)
+    for got, want in zip(outputs, sim.reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxmp.model.graph import subgraph_reads
-from onnxmp.model.large import is_large, is_large_size
+from onnxmp.model.large import is_large, is_large_size, light_copy
 from onnxmp.runtime.data import CalibrationSet
 from onnxmp.runtime.session import make_session, run_session
 
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CUTS = 16
 DEFAULT_MAX_MEMORY = 2 << 30  # bytes of cached activations
+
+
+Prune = Callable[[onnx.ModelProto, frozenset[str]], tuple[onnx.ModelProto, dict[str, str]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +143,17 @@ class CutCache:
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
-                 count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = ()) -> None:
+                 count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = (), prune: Prune | None = None) -> None:
         """``feed_groups``: the sets of feeds that change together (one per quantizer group);
         each stays an input of the suffix its evaluations start from, so which parameters a
         suffix bakes in depends only on the plan, not on which groups this process measured
         before (baked and fed weights run different kernels: results would differ in the last
-        bits between one process and several)."""
+        bits between one process and several). ``prune``: given a model (the whole one or a
+        suffix) and the feeds that vary there, the model with the nodes the baseline makes
+        pass-through removed (edited in place), and for each tensor renamed away the one that
+        holds its value."""
         self.model = model
+        self._prune = prune
         self._feed_groups = [g for g in feed_groups if g]
         self.data = data
         self.observed = observed
@@ -172,8 +179,18 @@ class CutCache:
             return [], {}
         batches = list(self.data.feeds())
         wanted = sorted({name for cut in candidates for name in cut.live})
-        session = make_session(self.model, optimized=False, outputs=wanted, keep_float_weights=True)
-        first = dict(zip(wanted, run_session(session, wanted, {**batches[0], **self.baseline_feeds}), strict=True))
+        model, alias = self.model, {}
+        if self._prune is not None:
+            model, alias = self._prune(light_copy(self.model, keep=None), frozenset())
+        session = make_session(model, optimized=False, outputs=[alias.get(n, n) for n in wanted],
+                               keep_float_weights=True)
+        takes = {i.name for i in session.get_inputs()}
+        baseline = {k: v for k, v in self.baseline_feeds.items() if k in takes}
+
+        def run(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, run_session(session, [alias.get(n, n) for n in names], {**feeds, **baseline}),
+                            strict=True))
+        first = run(wanted, batches[0])
         size = {cut.position: sum(first[t].nbytes for t in cut.live) * len(batches) for cut in candidates}
         kept = list(candidates)
         while kept and sum(size[c.position] for c in kept) > max_memory:
@@ -181,8 +198,7 @@ class CutCache:
         names = sorted({name for cut in kept for name in cut.live})
         values: dict[int, list[dict[str, np.ndarray]]] = {c.position: [] for c in kept}
         for i, feeds in enumerate(batches):
-            got = first if i == 0 else dict(zip(names, run_session(session, names, {**feeds, **self.baseline_feeds}),
-                                                 strict=True))
+            got = first if i == 0 else run(names, feeds)
             for cut in kept:
                 values[cut.position].append({t: got[t] for t in cut.live})
         return kept, values
@@ -232,9 +248,14 @@ class CutCache:
         if baked > self._bake_budget:
             constants, baked = {}, 0
         self._bake_budget -= baked
-        session = make_session(suffix_model(self.model, cut, computed, self.types, constants), keep_float_weights=True)
+        model = suffix_model(self.model, cut, computed, self.types, constants)
+        size = len(model.graph.node)
+        if self._prune is not None:
+            model, _ = self._prune(model, varying)
+        session = make_session(model, keep_float_weights=True)
         inputs = frozenset(i.name for i in session.get_inputs())
-        made = self._sessions[cut.position] = _Suffix(session, varying if constants else frozenset(reads), baked, inputs)
+        fixed = constants or len(model.graph.node) < size  # what is baked in or pruned must not change
+        made = self._sessions[cut.position] = _Suffix(session, varying if fixed else frozenset(reads), baked, inputs)
         return made
 
     def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:

@@ -30,10 +30,14 @@ from onnxmp.search.partial import DEFAULT_MAX_MEMORY, CutCache
 logger = logging.getLogger(__name__)
 
 _SUFFIXES = ("scale", "zp", "lo", "hi")
-# The simulation graph has a quantizer on every activation of the plan; one whose group is left
-# float (FP32) goes through a 16-bit min/max grid there (noise ~90 dB below the signal: what the
-# estimate adds for it), while the exported model has no quantizer there at all.
+# The simulation graph has a quantizer on every activation of the plan. Where a group is left
+# float (FP32), the runs use a copy of the graph without its quantizers (``without_quantizers``),
+# as the exported model has none there; only a run that must keep the quantizer in the graph
+# (a group float in the evaluated assignment but quantized in Phase 1's baseline) feeds it a
+# 16-bit min/max grid instead (noise ~90 dB below the signal).
 FLOAT_PROXY_BITS = 16
+# Whole-graph sessions kept, one per set of float activations (Phase 2's points each have theirs).
+WHOLE_SESSIONS = 4
 WEIGHT_CACHE_BYTES = 1 << 30
 _PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
 
@@ -96,6 +100,51 @@ def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     return sim
 
 
+def quantizer_params(model: onnx.ModelProto, activation: str) -> set[str]:
+    """The parameter feeds of ``activation``'s fake quantizer in the simulation model."""
+    graph_inputs = {i.name for i in model.graph.input}
+    target = activation + "::fq" if activation + "::fq::scale" in graph_inputs else activation
+    return {_param_name(target, s) for s in _SUFFIXES}
+
+
+def without_quantizers(model: onnx.ModelProto, activations: set[str] | frozenset[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The simulation model (or a suffix of it) with no fake quantizer on these activations, and
+    for each tensor renamed away, the name that now holds its value: where a group is left float its values are the float
+    model's, computed at the float model's speed (on ppocr_rec the quantizer chains took as long
+    as the convolutions). Edits ``model`` in place; copy it first where it is shared."""
+    sources: dict[str, str] = {}  # the chain's output → its input
+    for node in model.graph.node:
+        if node.op_type == "Clip" and node.name.endswith("::fq_clip"):
+            dst = node.name[: -len("::fq_clip")]
+            if dst.removesuffix("::fq") in activations:
+                sources[dst] = node.input[0]
+    if not sources:
+        return model, {}
+    graph = model.graph
+    chain = {f"{d}::fq_{step}" for d in sources for step in ("clip", "q", "dq")}
+    produced = {o for n in graph.node if n.name not in chain for o in n.output}
+    renamed = {src: dst for dst, src in sources.items() if src in produced}  # its producer writes dst itself
+    readers = {dst: src for dst, src in sources.items() if src not in produced}  # a graph input: read it directly
+    nodes = []
+    for node in graph.node:
+        if node.name in chain:
+            continue
+        for i, name in enumerate(node.input):
+            node.input[i] = readers.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renamed.get(name, name)
+        nodes.append(node)
+    outputs = {o.name for o in graph.output}
+    nodes += [helper.make_node("Identity", [src], [dst]) for dst, src in readers.items() if dst in outputs]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    params = {_param_name(d, step) for d in sources for step in _SUFFIXES}
+    for field in (graph.input, graph.initializer):
+        for item in [i for i in field if i.name in params]:
+            field.remove(item)
+    return model, {**renamed, **readers}
+
+
 class Simulator:
     """Evaluates assignments on the calibration set in one reused session."""
 
@@ -110,7 +159,8 @@ class Simulator:
         self._graph_inputs = data.input_names
         self.observed = observed_tensors(model)
         self._model = build_simulation_model(model, plan)
-        self._session = make_session(self._model, outputs=self.observed, keep_float_weights=True)
+        self._params = {name: frozenset(quantizer_params(self._model, name)) for name in plan.activations}
+        self._whole: collections.OrderedDict[frozenset[str], tuple[object, frozenset[str]]] = collections.OrderedDict()
         self._partial: CutCache | None = None
         self._act_group = plan.group_of_activation()
         self._weight_group = plan.group_of_weight()
@@ -198,7 +248,35 @@ class Simulator:
                 except ModelError as exc:  # a graph onnxruntime cannot run from that cut: run it whole
                     logger.debug("partial evaluation from node %d failed (%s); not using that cut", cut.position, exc)
                     self._partial.discard(cut)
-        return run_over(self._session, self.data, self.observed, feeds)
+        session, inputs = self._whole_session(self.float_activations(assignment))
+        return run_over(session, self.data, self.observed, {k: v for k, v in feeds.items() if k in inputs})
+
+    def float_activations(self, assignment: Assignment) -> frozenset[str]:
+        """The activations whose group ``assignment`` leaves float: no quantizer in the run."""
+        return frozenset(a for a in self.plan.activations if assignment[self._act_group[a]].is_float)
+
+    def _whole_session(self, float_acts: frozenset[str]) -> tuple[object, frozenset[str]]:
+        """A session on the whole simulation model without the quantizers of ``float_acts`` (the
+        last few kept: a session takes about as long to make as one run of a small model), and
+        its inputs."""
+        if float_acts in self._whole:
+            self._whole.move_to_end(float_acts)
+            return self._whole[float_acts]
+        model, _ = without_quantizers(light_copy(self._model, keep=None), float_acts) if float_acts else (self._model, {})
+        session = make_session(model, outputs=self.observed, keep_float_weights=True)
+        made = self._whole[float_acts] = (session, frozenset(i.name for i in session.get_inputs()))
+        while len(self._whole) > WHOLE_SESSIONS:
+            self._whole.popitem(last=False)
+        return made
+
+    def _pruner(self, baseline: Assignment):
+        """For the cut cache: a suffix (or the whole model) without the quantizers of the
+        activations that ``baseline`` leaves float and whose parameters do not vary there."""
+        floating = self.float_activations(baseline)
+
+        def prune(model: onnx.ModelProto, varying: frozenset[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+            return without_quantizers(model, {a for a in floating if not self._params[a] & varying})
+        return prune
 
     def keep_baseline(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
         """Cache ``assignment``'s values at cut points, so that evaluations that differ from it
@@ -206,7 +284,7 @@ class Simulator:
         feeds = self.feeds_for(assignment)
         try:
             self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
-                                     feed_groups=self.group_feeds())
+                                     feed_groups=self.group_feeds(), prune=self._pruner(assignment))
         except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
             logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
             self._partial = None
