@@ -281,3 +281,22 @@ def test_without_quantizers_gives_the_float_graph(cnn_path):
     outputs = run_over(session, analysis.data, sim.observed, weights)
     for got, want in zip(outputs, sim.reference, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_float_baseline_suffixes_run_from_cuts(ort_engines):
+    """Against the all-FP32 baseline, evaluations run pruned suffixes from cached cuts (no cut
+    falls inside a quantizer that pruning removes) and match the whole pruned graph."""
+    analysis = ort_engines["whole"]
+    sim, plan = analysis.simulator, analysis.plan
+    float_all = {g.gid: Candidate.parse("FP32") for g in plan.groups}
+    late = {**float_all, plan.groups[-1].gid: Candidate.parse("W8A8")}
+    whole = sim.outputs(late)
+    sim.keep_baseline(float_all)
+    try:
+        assert sim.cached_bytes > 0
+        partial = sim.outputs(late)
+        assert len(sim._partial._sessions) == 1  # it ran a suffix, not the whole graph
+    finally:
+        sim.drop_baseline()
+    for a, b in zip(whole, partial, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

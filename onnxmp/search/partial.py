@@ -52,10 +52,12 @@ def first_readers(graph: onnx.GraphProto) -> dict[str, int]:
     return first
 
 
-def find_cuts(graph: onnx.GraphProto, fed: set[str], observed: Iterable[str], count: int = DEFAULT_CUTS) -> list[Cut]:
+def find_cuts(graph: onnx.GraphProto, fed: set[str], observed: Iterable[str], count: int = DEFAULT_CUTS,
+              inside: frozenset[int] = frozenset()) -> list[Cut]:
     """Up to ``count - 1`` cuts, one per equal stretch of the node list, each where the fewest
     tensors are live (made before it, other than constants and ``fed`` parameters, and read at or
-    after it, or observed)."""
+    after it, or observed), never at a position in ``inside`` (within a unit that pruning may
+    remove whole)."""
     nodes = list(graph.node)
     n = len(nodes)
     if n < 2 or count < 2:
@@ -81,7 +83,9 @@ def find_cuts(graph: onnx.GraphProto, fed: set[str], observed: Iterable[str], co
         lo, hi = max(1, round((j - 0.5) * n / count)), min(n - 1, round((j + 0.5) * n / count))
         if lo > hi:
             continue
-        window = np.arange(lo, hi + 1)
+        window = [k for k in range(lo, hi + 1) if k not in inside]
+        if not window:
+            continue
         centre = j * n / count
         best = min(window, key=lambda k: (live_count[k], abs(k - centre)))
         if not positions or best > positions[-1]:
@@ -143,7 +147,8 @@ class CutCache:
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
-                 count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = (), prune: Prune | None = None) -> None:
+                 count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = (), prune: Prune | None = None,
+                 inside: frozenset[int] = frozenset()) -> None:
         """``feed_groups``: the sets of feeds that change together (one per quantizer group);
         each stays an input of the suffix its evaluations start from, so which parameters a
         suffix bakes in depends only on the plan, not on which groups this process measured
@@ -151,7 +156,8 @@ class CutCache:
         bits between one process and several). ``prune``: given a model (the whole one or a
         suffix) and the feeds that vary there, the model with the nodes the baseline makes
         pass-through removed (edited in place), and for each tensor renamed away the one that
-        holds its value."""
+        holds its value; ``inside``: node positions no cut may take (within what ``prune`` removes
+        whole, whose inner tensors would not exist)."""
         self.model = model
         self._prune = prune
         self._feed_groups = [g for g in feed_groups if g]
@@ -159,7 +165,7 @@ class CutCache:
         self.observed = observed
         self.baseline_feeds = baseline_feeds
         self._first_reader = first_readers(model.graph)
-        candidates = find_cuts(model.graph, fed, observed, count)
+        candidates = find_cuts(model.graph, fed, observed, count, inside)
         self.cuts, self.values = self._fill(candidates, max_memory)
         self.types = {name: _observed_type([batch[name] for batch in batches])
                       for batches in self.values.values() for name in batches[0]}

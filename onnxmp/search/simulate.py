@@ -269,6 +269,12 @@ class Simulator:
             self._whole.popitem(last=False)
         return made
 
+    def _inside_chains(self) -> frozenset[int]:
+        """Node positions within a fake quantizer (after its Clip or its QuantizeLinear): no cut
+        goes there, as a pruned chain's inner tensors do not exist."""
+        return frozenset(i + 1 for i, node in enumerate(self._model.graph.node)
+                         if node.name.endswith(("::fq_clip", "::fq_q")))
+
     def _pruner(self, baseline: Assignment):
         """For the cut cache: a suffix (or the whole model) without the quantizers of the
         activations that ``baseline`` leaves float and whose parameters do not vary there."""
@@ -284,7 +290,8 @@ class Simulator:
         feeds = self.feeds_for(assignment)
         try:
             self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
-                                     feed_groups=self.group_feeds(), prune=self._pruner(assignment))
+                                     feed_groups=self.group_feeds(), prune=self._pruner(assignment),
+                                     inside=self._inside_chains())
         except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
             logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
             self._partial = None
