@@ -30,6 +30,9 @@ class BenchModel:
     # one by one), not one .npz of samples along the first axis
     calib_feeds: bool = False
     chance: float = 0.0  # the task score that carries no information (zoo.chance_level)
+    # mean cosine of a variant's sentence embeddings against float's on the evaluation sentences
+    # (None: the model has none; zoo.sentence_cosine)
+    sentence_cosine: Callable[[str], float | None] = lambda path: None
 
 
 def _digits_chance() -> float:
@@ -60,7 +63,8 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
             feeds = getattr(spec, "calib_feeds", False)
             if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
                 models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
-                                         lambda p, n=name: zoo.evaluate(n, p), feeds, zoo.chance_level(name)))
+                                         lambda p, n=name: zoo.evaluate(n, p), feeds, zoo.chance_level(name),
+                                         lambda p, n=name: zoo.sentence_cosine(n, p)))
     if names:
         models = [m for m in models if m.name in names]
     return models

@@ -12,7 +12,9 @@ made first, then ``--runs`` rounds that time one run of each variant in turn (in
 noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in the graph
 onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR: every
 model output against the float model's, over the calibration samples; task score: the model's
-labelled evaluator; mean cosine: per sample, between the first output and the float model's.
+labelled evaluator; mean cosine: per sample, between the first output and the float model's (for
+MiniLM its token states, padding positions included); sentence cosine (eval): a sentence encoder's
+embeddings against float's over its evaluation queries and documents (``zoo.sentence_cosine``).
 OpenVINO (where the ``openvino`` extra is installed): the same files timed the same way on its
 CPU plugin, one thread, one stream. Cost: each onnxmp variant's cost under the default metric,
 relative to float; per model a note says whether each mixed point is at least as good (task score
@@ -50,7 +52,8 @@ from onnxmp.runtime.data import read_npz  # noqa: E402
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
-HEADER = ["model", "variant", "cost (latency est.)", "task score", "SQNR dB", "mean cosine", "ms (1 thread)", "× float",
+HEADER = ["model", "variant", "cost (latency est.)", "task score", "SQNR dB", "mean cosine", "sentence cosine (eval)",
+          "ms (1 thread)", "× float",
           "ms (2 threads)", "× float ", "ms OpenVINO (1 thread)", "× float  ", "kernels (integer / float)",
           "activation quantizers", "KiB"]
 
@@ -172,8 +175,10 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     rows, scores = [], {}
     for name, path in paths.items():
         values = outputs(path, arrays)
+        sentence = bench.sentence_cosine(path)
         quality = ["float", "1"] if name == "float" else [f"{numerics.sqnr_db(reference, values):.2f}",
                                                           f"{mean_cosine(reference[0], values[0]):.4f}"]
+        quality.append("—" if sentence is None else f"{sentence:.4f}")
         scores[name] = (bench.evaluate(path), numerics.sqnr_db(reference, values))
         cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}", *quality]
         for ms, base in [*((timed[t].get(name), timed[t]["float"]) if t in timed else (None, None) for t in (1, 2)),
@@ -249,7 +254,10 @@ def main() -> None:
                f"median of {args.runs} interleaved runs; × float: the variant's time over the float model's in the same "
                "run; OpenVINO: the same files on OpenVINO's CPU plugin (one thread, one stream, its default inference "
                "precision), × float against the float model there; SQNR of every output against float over the "
-               "calibration samples; kernels: integer / float compute kernels of the graph onnxruntime optimizes the "
+               "calibration samples; mean cosine: per calibration sample, between the first output and float's (for "
+               "MiniLM its token states, padding positions included); sentence cosine (eval): a sentence encoder's "
+               "embeddings against float's over its evaluation queries and documents; "
+               "kernels: integer / float compute kernels of the graph onnxruntime optimizes the "
                "file into; cost: each onnxmp variant's cost under `--target ort`'s default metric (the layers' "
                "latency estimated from timings of each layer alone), relative to the float model; "
                "**mixed vs uniform** notes compare each mixed point with uniform W8A8 where that costs as much or "

@@ -199,7 +199,9 @@ def _faster_than_float(defaults: dict[str, Row]) -> str:
 
 
 def _quality(row: Row) -> str:
-    return f"task score {row['task score']}, SQNR {sqnr(row['SQNR dB'])}, mean cosine {row['mean cosine']}"
+    sentence = row.get("sentence cosine (eval)", "—")
+    return (f"task score {row['task score']}, SQNR {sqnr(row['SQNR dB'])}, mean cosine {row['mean cosine']}"
+            + ("" if sentence == "—" else f", sentence cosine on the evaluation sentences {sentence}"))
 
 
 def _deploy_line(model: str, variants: dict[str, Row]) -> str:

@@ -227,6 +227,24 @@ def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     return float(np.mean(sim.argmax(axis=1) == np.arange(len(q))))
 
 
+def sentence_cosine(name: str, onnx_path: str) -> float | None:
+    """Mean cosine between ``onnx_path``'s sentence embeddings and the float model's over the
+    evaluation queries and documents (what a sentence encoder is used for; its token states at
+    padding positions are never read), or None for a model without a sentence-embedding output."""
+    if name != "minilm":
+        return None
+    p = _check_prepared(name)
+    data = load_npz(p["eval"])
+    feeds = {prefix: {"input_ids": data[f"{prefix}_input_ids"], "attention_mask": data[f"{prefix}_attention_mask"]}
+             for prefix in ("q", "d")}
+    ours, theirs = _session(str(onnx_path)), _session(str(p["model"]))
+    cosines = []
+    for prefix in ("q", "d"):
+        a, b = (_run_batched(s, feeds[prefix], output="sentence_embedding").astype(np.float64) for s in (ours, theirs))
+        cosines.append((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30))
+    return float(np.concatenate(cosines).mean())
+
+
 # DB post-processing of rapidocr's TextDetector (thresh 0.3, box_thresh 0.5, unclip 1.6, 2x2
 # dilation, fast score, min_size 3), with axis-aligned boxes instead of cv2.minAreaRect: the
 # evaluation pages only carry horizontal text.
@@ -413,5 +431,5 @@ def evaluate(name: str, onnx_path: str) -> float:
     return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "chance_level", "evaluate", "load_npz", "paths", "vad_clip_feeds",
-           "vad_speech_probs"]
+__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "chance_level", "evaluate", "load_npz", "paths", "sentence_cosine",
+           "vad_clip_feeds", "vad_speech_probs"]

@@ -44,11 +44,13 @@ def test_a_repeated_header_keeps_each_column():
     figure is the first, read here by position from the raw line (not through read_table)."""
     rows = readme_figures.read_table("deploy.md")
     with open(os.path.join(ROOT, "benchmarks", "results", "deploy.md"), encoding="utf-8") as handle:
-        lines = [line for line in handle if line.startswith("| digits | onnxmp default |")]
-    cells = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+        lines = [line for line in handle if line.startswith(("| model | variant |", "| digits | onnxmp default |"))]
+    header, cells = ([c.strip() for c in line.strip().strip("|").split("|")] for line in lines[:2])
+    at = [i for i, cell in enumerate(header) if cell == "× float"]
+    assert len(at) == 3 and header[at[0] - 1] == "ms (1 thread)"
     assert readme_figures._unique(["a", "× float", "b", "× float"]) == ["a", "× float", "b", "× float #2"]
     row = next(r for r in rows if r["model"] == "digits" and r["variant"] == "onnxmp default")
-    assert row["× float"] == cells[7] and row["× float #2"] == cells[9] and row["× float #3"] == cells[11]
+    assert [row["× float"], row["× float #2"], row["× float #3"]] == [cells[i] for i in at]
 
 
 def test_task_scores_at_chance_are_marked_in_every_table():
