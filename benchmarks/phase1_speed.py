@@ -210,8 +210,23 @@ def run_onnxmp(path: str, calib: str, workers: int, max_memory: int | None, adar
         out.update(naive_s=seconds, naive_evals=naive["evaluations"],
                    naive={(g, str(c)): v for (g, c), v in naive["sqnr"].items()})
         out["lean_s"], out["lean_evals"] = lean_naive_phase1(analysis, config.candidates)
+    out["float_pass_s"] = float_pass_seconds(analysis)
     out["peak_mb"] = (_own_peak_mb(), max(workers_seen.peaks.values(), default=0.0))
     return out
+
+
+def float_pass_seconds(analysis, repeats: int = 3) -> float:
+    """One whole pass of the prepared float model over the samples (default session, the best of
+    ``repeats`` after a warm-up): the unit Phase 1's cost per evaluation is counted in."""
+    names = analysis.simulator.observed
+    session = make_session(analysis.model, outputs=names)
+    run_over(session, analysis.data, names)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_over(session, analysis.data, names)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def in_fresh_process(*args) -> dict:
@@ -255,6 +270,8 @@ def measure(name: str, path: str, calib: str, adaround: bool = True) -> list[str
             f"{whole['evaluations']}", f"{whole['phase1_s']:.1f}", f"{partial['phase1_s']:.1f}",
             f"{parallel['phase1_s']:.1f}", f"**{naive / partial['phase1_s']:.1f}×**", f"{naive / parallel['phase1_s']:.1f}×",
             f"{whole['lean_s'] / partial['phase1_s']:.1f}×",
+            f"{partial['float_pass_s']:.3f}",
+            f"{partial['phase1_s'] / max(partial['evaluations'], 1) / partial['float_pass_s']:.2f}",
             f"{mem(whole)} / {mem(partial)} / {mem(parallel)}",
             ada,
             f"{gap:.3f}"]
@@ -271,7 +288,8 @@ def main() -> None:
     args = parser.parse_args()
     header = ["model", "weighted layers", "groups", "samples", "naive evals", "naive s", "lean naive evals",
               "lean naive s", "onnxmp evals", "whole-graph s", "partial s", "partial, 2 workers s",
-              "speed-up (1 process)", "speed-up (2 workers)", "vs lean naive (1 process)",
+              "speed-up (1 process)", "speed-up (2 workers)", "vs lean naive (1 process)", "float pass s",
+              "partial s per evaluation, in float passes",
               "peak RSS MB whole / partial / 2 workers", "AdaRound s/layer 1 / 2 workers (layers)", "max SQNR gap dB"]
     rows, notes = [], {}
     state = f"onnxmp {git_state()}, {args.samples} samples" + (f"; {args.note}" if args.note else "")
@@ -303,7 +321,9 @@ def main() -> None:
                "evaluation per group with activations unless the two ranges agree) inside Phase 1; *whole-graph* "
                "evaluates the whole model each time (`--max-memory 0`), *partial* re-runs only the graph after the "
                "changed group from cached cut points (default), *2 workers* adds `--workers 2`. Speed-up = naive s / "
-               "onnxmp s. Peak RSS: each process's own peak (/proc VmHWM): the run's process, and in brackets the "
+               "onnxmp s. **float pass s**: one pass of the prepared float model over the samples (default session, best "
+               "of 3), measured in the partial run's process; the next column is the partial run's Phase 1 seconds per "
+               "evaluation in those passes. Peak RSS: each process's own peak (/proc VmHWM): the run's process, and in brackets the "
                "largest worker's, polled every 0.2 s while it runs. AdaRound: W4 weights, 1000 iterations per layer "
                "(— : not run, `--no-adaround`). The sensitivity lists agree: partial = workers (same order, < 1e-6 dB), "
                "whole within 0.01 dB (suffix sessions bake the baseline's weights in as constants, for which "

@@ -141,6 +141,8 @@ def phase1_speed(folder: str = RESULTS) -> str:
             f"({row['speed-up (1 process)']}), `--workers 2` {row['partial, 2 workers s']} s "
             f"({row['speed-up (2 workers)']})"
             + (f", {row['vs lean naive (1 process)']} the lean naive way's speed" if lean else "")
+            + (f"; a partial evaluation costs {row['partial s per evaluation, in float passes']} whole float passes "
+               f"({row['float pass s']} s each)" if "float pass s" in row else "")
             + "; peak RSS MB whole / partial / 2 workers: "
             + f"{row['peak RSS MB whole / partial / 2 workers']}; lists within {row['max SQNR gap dB']} dB of the naive way.")
     return "\n".join(lines)
