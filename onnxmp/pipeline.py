@@ -789,8 +789,13 @@ def _measure_exported(qdq: onnx.ModelProto, data: CalibrationSet, names: list[st
             onnx.checker.check_model(qdq, full_check=True)
     except Exception as exc:  # a bug, not a user error: keep the message precise
         raise ModelError(f"internal error: the exported model fails onnx.checker: {exc}") from exc
-    default = run_over(make_session(qdq, outputs=names), data, names)
-    precise = run_over(make_session(qdq, extra_config=PRECISE_SESSION_CONFIG, outputs=names), data, names)
+    with tempfile.TemporaryDirectory(prefix="onnxmp-optimized-") as folder:
+        optimized = None if is_large(qdq) else os.path.join(folder, "optimized.onnx")
+        default = run_over(make_session(qdq, outputs=names, optimized_path=optimized), data, names)
+        # the precise config sets only MatMulNBits' accuracy: without one the sessions compute alike
+        nbits = optimized is None or any(n.op_type == "MatMulNBits" for n in onnx.load(optimized).graph.node)
+    precise = run_over(make_session(qdq, extra_config=PRECISE_SESSION_CONFIG, outputs=names), data, names) \
+        if nbits else default
     return {
         "sqnr_db_ort_default": numerics.sqnr_db(reference, default),
         "sqnr_db_ort_precise": numerics.sqnr_db(reference, precise),

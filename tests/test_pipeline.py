@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import classic, make_cnn
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxmp import optimize, parse_candidates
@@ -153,3 +154,36 @@ def test_negative_dims_become_symbolic(tmp_path):
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     dims = prepare_model(model).graph.input[0].type.tensor_type.shape.dim
     assert not dims[0].HasField("dim_value") and dims[0].dim_param
+
+
+def _matmul_model(path) -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("model, candidates, precise_runs", [("cnn", "W8A8", 0), ("matmul", "W8A16", 1)])
+def test_the_precise_session_runs_only_where_matmulnbits_is(cnn_path, tmp_path, monkeypatch, model, candidates,
+                                                             precise_runs):
+    """The precise session config sets only MatMulNBits' accuracy level: the exported file is run a
+    second time with it only where onnxruntime made a MatMulNBits (here a MatMul with 8-bit weights
+    and 16-bit activations); else both SQNRs are the one run's."""
+    from onnxmp import pipeline
+
+    path = cnn_path
+    if model == "matmul":
+        path = tmp_path / "mm.onnx"
+        _matmul_model(path)
+        np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32))
+    calib = str(tmp_path / ("x.npz" if model == "matmul" else "calib.npz"))
+    made = []
+    real = pipeline.make_session
+    monkeypatch.setattr(pipeline, "make_session", lambda *a, **k: made.append(k.get("extra_config")) or real(*a, **k))
+    record = optimize(str(path), None, classic(calib=calib, candidates=parse_candidates(candidates), budget=1.0,
+                                               adaround="off")).record
+    assert sum(config == pipeline.PRECISE_SESSION_CONFIG for config in made) == precise_runs
+    chosen = record["chosen"]
+    assert np.isfinite(chosen["sqnr_db_ort_precise"]) and np.isfinite(chosen["sqnr_db_ort_default"])

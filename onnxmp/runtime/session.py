@@ -30,12 +30,13 @@ THREADS_VARIABLE = "ONNXMP_THREADS"
 
 def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
                  extra_config: dict[str, str] | None = None, outputs: list[str] | None = None,
-                 keep_float_weights: bool = False) -> ort.InferenceSession:
+                 keep_float_weights: bool = False, optimized_path: str | None = None) -> ort.InferenceSession:
     """A CPU session on a model (proto, serialized bytes or path), also computing ``outputs``
     (any tensor names, whatever their types; a proto is not copied for them). A model over
     ``large.LARGE_BYTES`` goes through a temporary file with external data. ``keep_float_weights``
     (simulation sessions): constant weights compute as they are and as they would if fed (no
-    re-quantization, no pre-packing); else the session is onnxruntime's default."""
+    re-quantization, no pre-packing); else the session is onnxruntime's default.
+    ``optimized_path``: where onnxruntime also writes the graph it optimized the model into."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Pool threads spin while waiting for work (onnxruntime's default): Phase 1 of a 100-layer CNN,
@@ -46,6 +47,8 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
     for key, value in {**(NO_PREPACKING if keep_float_weights else {}), **(extra_config or {})}.items():
         options.add_session_config_entry(key, value)
     disabled = KEEP_FLOAT_WEIGHTS if keep_float_weights else []
