@@ -45,6 +45,7 @@ from onnxmp.search.evaluate import Evaluator, agreement_evaluator, call_evaluato
 from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, group_ladder, pareto_curve
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
 from onnxmp.search.phase1 import sensitivity_list
+from onnxmp.search.refine import refine_ranges
 from onnxmp.search.sensitivity import Sensitivity
 from onnxmp.search.simulate import Simulator
 from onnxmp.targets import get_target
@@ -85,6 +86,7 @@ class OptimizeConfig:
     adaround_iterations: int = 1000
     measured_points: int = 12  # curve points whose simulated SQNR is measured for the record
     phase1_samples: int = DEFAULT_PHASE1_SAMPLES  # samples (or feeds) Phase 1 measures on, spread over the set; 0: all
+    refine_ranges: bool = True  # choose the shipped point's ranges again in its own context (search.refine)
     compare_binary_search: bool = False  # also run plain binary search on the same curve (benchmarks)
     workers: int = 1  # processes for Phase 1 and AdaRound (same results as one)
     backend: str = "local"  # where workers run: "local" processes or "ray"
@@ -419,7 +421,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         group_cost = lambda g, c: costs.group_cost(g, c, config.metric)  # noqa: E731
         curves = _family_curves(analysis, profile.families(config.candidates), table, group_cost)
         uniform = _uniform_points(analysis, config)
-    target_record, before_fallback, families = None, None, None
+    target_record, before_fallback, families, refinement = None, None, None, None
     if config.target_drop is not None:
         with _timed(timings, "target search"):
             curve, choice, target_record = _search_target_families(analysis, curves, table, group_cost, config,
@@ -437,10 +439,18 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
                 choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform,
                                                          analysis.allowed, config, group_cost)
                 before_fallback = _budget_choice_entry(simulator, greedy, choice)
+            methods = dict(simulator.params.range_method)
+            if config.refine_ranges:
+                with _timed(timings, "refine ranges"):
+                    refinement = refine_ranges(simulator, choice.assignment, table)
+                    chosen_nsr = refinement.nsr_after
             try:
                 qdq, shipped, latency, on_target = _ship(analysis, choice, config, profile)
                 break
             except TargetRefusedError as exc:  # the runtime refused this width: the next best one
+                simulator.params.range_method.clear()
+                simulator.params.range_method.update(methods)
+                simulator.forget_settled()
                 if rank + 1 == len(ranked):
                     raise
                 logger.warning("%s; taking the best point of %s instead", exc, _family_name(ranked[rank + 1][0]))
@@ -451,7 +461,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         uniform=uniform, shipped=shipped, timings=timings, num_samples=analysis.data.num_samples,
         baseline=curves[0].start, families=families,
         evaluations=simulator.evaluations, target=target_record, on_target=on_target, latency=latency,
-        budget_choice=before_fallback,
+        budget_choice=before_fallback, refinement=refinement,
         cache={"folder": analysis.cache.folder, "hit": analysis.cache_hit},
         adaround=None if analysis.rounding is None else {**dataclasses.asdict(analysis.rounding),
                                                           "seconds_per_layer": analysis.rounding.seconds_per_layer},

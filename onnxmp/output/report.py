@@ -28,10 +28,12 @@ def _group_entry(group, cand, costs) -> dict:
 
 def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, curve, choice, chosen_nsr,
                  measured, uniform, shipped, timings, num_samples, evaluations, target, cache, adaround,
-                 on_target=None, latency=None, budget_choice=None, baseline=None, families=None) -> dict:
+                 on_target=None, latency=None, budget_choice=None, baseline=None, families=None,
+                 refinement=None) -> dict:
     """Everything a user needs to trust (or question) the result, as plain JSON types.
     ``baseline``: the all-highest assignment (default: the curve's start); ``families``: where
-    the target runs one activation width per model, what each width's search chose."""
+    the target runs one activation width per model, what each width's search chose;
+    ``refinement``: what choosing the ranges again in the chosen point's context changed."""
     assignment = choice.assignment
     baseline_cost = curve.baseline_cost
     groups = {g.gid: g for g in plan.groups}
@@ -58,6 +60,11 @@ def build_record(*, input_path, config, plan, costs, sensitivities, base_nsr, cu
             "mix": _mix(assignment),
             "budget_choice": budget_choice,  # the search's own pick before a measured point replaced it
             "families": families,  # one activation width per model: each width's choice
+            "range_refinement": None if refinement is None else {
+                "sqnr_db_before": numerics.nsr_to_db(refinement.nsr_before),
+                "sqnr_db_after": numerics.nsr_to_db(refinement.nsr_after),
+                "flipped": [{"tensor": n, "bits": b, "method": m} for n, b, m in refinement.flipped],
+                "evaluations": refinement.evaluations},
         },
         "groups": [_group_entry(groups[gid], cand, costs) for gid, cand in sorted(assignment.items())],
         "uniform": {name: {**u, "relative_cost": u["cost"] / baseline_cost, } for name, u in uniform.items()},

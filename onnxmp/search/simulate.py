@@ -325,6 +325,10 @@ class Simulator:
             self._signal = numerics.signal_powers(self.reference)
         return numerics.noise_ratio(self.reference, self.outputs(assignment, overrides), self._signal)
 
+    def forget_settled(self) -> None:
+        """Drop ``settled_nsr``'s memo (the range methods changed since)."""
+        self._settled.clear()
+
     def settled_nsr(self, assignment: Assignment) -> float:
         """``nsr``, evaluated once per assignment: for Phase 2 and later, once every range method
         is settled (Phase 1 changes them while it measures, so it calls ``nsr``)."""
