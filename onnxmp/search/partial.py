@@ -194,8 +194,10 @@ class CutCache:
         baseline = {k: v for k, v in self.baseline_feeds.items() if k in takes}
 
         def run(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return dict(zip(names, run_session(session, [alias.get(n, n) for n in names], {**feeds, **baseline}),
-                            strict=True))
+            """The cut tensors by their names in the simulation model (two may hold one value once pruned)."""
+            actual = list(dict.fromkeys(alias.get(n, n) for n in names))
+            got = dict(zip(actual, run_session(session, actual, {**feeds, **baseline}), strict=True))
+            return {n: got[alias.get(n, n)] for n in names}
         first = run(wanted, batches[0])
         size = {cut.position: sum(first[t].nbytes for t in cut.live) * len(batches) for cut in candidates}
         kept = list(candidates)
