@@ -97,7 +97,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-range-refinement", action="store_true",
                    help="ship Phase 1's activation ranges as they are; by default the chosen point's ranges (min/max "
                         "or MSE clip) are chosen again next to the groups it quantizes, a flip kept where the model's "
-                        "SQNR rises (at most 32 groups, one evaluation each; not with --target-drop, whose score was "
+                        "SQNR rises (the 8 most sensitive groups, one evaluation each; not with --target-drop, whose score was "
                         "measured on the model as chosen)")
     p.add_argument("--cache-dir", default=None, help=f"results cache folder (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
