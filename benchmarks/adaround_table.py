@@ -56,7 +56,7 @@ def main() -> None:
             for label, candidates, budget in setups:
                 for mode in ("off", "on"):
                     out = os.path.join(tmp, "m.onnx")
-                    config = OptimizeConfig(candidates=candidates, budget=budget, calib=calib, adaround=mode,
+                    config = OptimizeConfig(candidates=candidates, budget=budget, calib=calib, adaround=mode, target="generic",
                                             cache_dir=os.path.join(tmp, "cache"))
                     record = optimize(bench.model, out, config).record
                     ada = record["adaround"]
