@@ -55,7 +55,8 @@ def main() -> None:
                          len(record["pareto_curve"]), t["evaluations"], t["binary_search_evaluations"],
                          f"{cold:.1f}", f"{cached:.1f}"])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
-    publish("targets.md", ("Accuracy targets (absolute drop of the task score from all-W8A16), `--target generic`, "
+    publish("targets.md", ("Accuracy targets (drop of the task score from all-W8A16: absolute, or relative where it ends "
+            "in %), `--target generic`, "
             "candidates W4A8,W8A8,W8A16. "
             "Evaluations count real exported models scored by the task evaluator, the baseline included."), header, rows)
 
