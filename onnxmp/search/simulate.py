@@ -109,9 +109,10 @@ def quantizer_params(model: onnx.ModelProto, activation: str) -> set[str]:
 
 def without_quantizers(model: onnx.ModelProto, activations: set[str] | frozenset[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The simulation model (or a suffix of it) with no fake quantizer on these activations, and
-    for each tensor renamed away, the name that now holds its value: where a group is left float its values are the float
-    model's, computed at the float model's speed (on ppocr_rec the quantizer chains took as long
-    as the convolutions). Edits ``model`` in place; copy it first where it is shared."""
+    for each tensor renamed away, the name that now holds its value: where a group is left float
+    its values are the float model's, computed at the float model's speed (on ppocr_rec the
+    quantizer chains took as long as the convolutions). Edits ``model`` in place; copy it first
+    where it is shared."""
     sources: dict[str, str] = {}  # the chain's output → its input
     for node in model.graph.node:
         if node.op_type == "Clip" and node.name.endswith("::fq_clip"):
