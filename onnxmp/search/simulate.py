@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+from collections.abc import Container
 
 import numpy as np
 import onnx
@@ -46,6 +47,12 @@ def _param_name(tensor: str, what: str) -> str:
     return f"{tensor}::{what}"
 
 
+def _chain_output(activation: str, graph_inputs: Container[str]) -> str:
+    """The tensor ``activation``'s fake quantizer writes (a graph input keeps its name, its
+    readers switch to the quantized copy); its parameters are named after it."""
+    return activation + "::fq" if activation in graph_inputs else activation
+
+
 def _fake_quant_nodes(src: str, dst: str) -> list[onnx.NodeProto]:
     """src → dst through Clip → QuantizeLinear → DequantizeLinear reading ``dst::scale`` etc.
 
@@ -75,7 +82,7 @@ def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     renamed: dict[str, str] = {}  # graph-input activations: readers switch to the quantized copy
     chains: dict[str, list[onnx.NodeProto]] = {}
     for name in plan.activations:
-        target = name + "::fq" if name in graph_inputs else name  # the tensor the chain writes
+        target = _chain_output(name, graph_inputs)
         for suffix in _SUFFIXES:
             graph.input.append(helper.make_tensor_value_info(_param_name(target, suffix),
                                                               _PARAM_TYPES.get(suffix, onnx.TensorProto.FLOAT), []))
@@ -98,13 +105,6 @@ def build_simulation_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     del graph.node[:]
     graph.node.extend(nodes)
     return sim
-
-
-def quantizer_params(model: onnx.ModelProto, activation: str) -> set[str]:
-    """The parameter feeds of ``activation``'s fake quantizer in the simulation model."""
-    graph_inputs = {i.name for i in model.graph.input}
-    target = activation + "::fq" if activation + "::fq::scale" in graph_inputs else activation
-    return {_param_name(target, s) for s in _SUFFIXES}
 
 
 def without_quantizers(model: onnx.ModelProto, activations: set[str] | frozenset[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -160,7 +160,8 @@ class Simulator:
         self._graph_inputs = data.input_names
         self.observed = observed_tensors(model)
         self._model = build_simulation_model(model, plan)
-        self._params = {name: frozenset(quantizer_params(self._model, name)) for name in plan.activations}
+        self._params = {name: frozenset(_param_name(_chain_output(name, self._graph_inputs), s) for s in _SUFFIXES)
+                        for name in plan.activations}  # each activation's quantizer parameter feeds
         self._whole: collections.OrderedDict[frozenset[str], tuple[object, frozenset[str]]] = collections.OrderedDict()
         self._partial: CutCache | None = None
         self._act_group = plan.group_of_activation()
@@ -201,7 +202,7 @@ class Simulator:
 
     def activation_feeds(self, name: str, bits: int, method: str | None = None) -> dict[str, np.ndarray]:
         """The feeds that quantize activation ``name`` at ``bits`` (range by ``method``)."""
-        target = name + "::fq" if name in self._graph_inputs else name
+        target = _chain_output(name, self._graph_inputs)
         scale, zp = self.params.activation(name, bits, method)
         qmin, qmax = numerics.unsigned_range(bits)
         lo, hi = (np.float32(qmin - zp) * scale, np.float32(qmax - zp) * scale)
@@ -303,8 +304,7 @@ class Simulator:
         activations (a bias's int32 scale follows its input's)."""
         found = []
         for group in self.plan.groups:
-            names = {_param_name(a + "::fq" if a in self._graph_inputs else a, s)
-                     for a in group.activations for s in _SUFFIXES}
+            names = set().union(*(self._params[a] for a in group.activations))
             for op in self.plan.weighted_ops:
                 if op.weight in group.weights:
                     names.update(n for n in (op.weight, op.bias) if n)
