@@ -211,18 +211,19 @@ def _eval_ppocr_rec(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     return char_accuracy(preds, [str(t) for t in data["text"]])
 
 
+def _minilm_embeddings(sess, data: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """Unit-length sentence embeddings of the evaluation queries (``q``) or documents (``d``)."""
+    e = _run_batched(
+        sess,
+        {"input_ids": data[f"{prefix}_input_ids"], "attention_mask": data[f"{prefix}_attention_mask"]},
+        output="sentence_embedding",
+    ).astype(np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
 def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> float:
     sess = _session(onnx_path)
-
-    def embed(prefix: str) -> np.ndarray:
-        e = _run_batched(
-            sess,
-            {"input_ids": data[f"{prefix}_input_ids"], "attention_mask": data[f"{prefix}_attention_mask"]},
-            output="sentence_embedding",
-        ).astype(np.float64)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-    q, d = embed("q"), embed("d")
+    q, d = _minilm_embeddings(sess, data, "q"), _minilm_embeddings(sess, data, "d")
     sim = q @ d.T
     return float(np.mean(sim.argmax(axis=1) == np.arange(len(q))))
 
@@ -235,13 +236,9 @@ def sentence_cosine(name: str, onnx_path: str) -> float | None:
         return None
     p = _check_prepared(name)
     data = load_npz(p["eval"])
-    feeds = {prefix: {"input_ids": data[f"{prefix}_input_ids"], "attention_mask": data[f"{prefix}_attention_mask"]}
-             for prefix in ("q", "d")}
     ours, theirs = _session(str(onnx_path)), _session(str(p["model"]))
-    cosines = []
-    for prefix in ("q", "d"):
-        a, b = (_run_batched(s, feeds[prefix], output="sentence_embedding").astype(np.float64) for s in (ours, theirs))
-        cosines.append((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30))
+    cosines = [(_minilm_embeddings(ours, data, prefix) * _minilm_embeddings(theirs, data, prefix)).sum(1)
+               for prefix in ("q", "d")]
     return float(np.concatenate(cosines).mean())
 
 
