@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,12 @@ NO_PREPACKING = {"session.disable_prepacking": "1"}
 # onnxruntime threads per session when set (worker processes: their share of the cores), else
 # onnxruntime's default (one per physical core).
 THREADS_VARIABLE = "ONNXMP_THREADS"
+# Every session allocates from one arena registered with onnxruntime's environment, instead of an
+# arena of its own: a fresh arena's memory is new to the process, and its first two runs (the
+# second lays out the memory pattern) fault every page in. Phase 1 makes a session per cut and
+# runs each a few times: on ppocr_det (32 samples of 3x256x384) the first evaluation at a cut took
+# 1.1 s and the next ones 0.3 s; with one arena Phase 1 took 18 s instead of 29 s, same results.
+SHARED_ARENA = {"session.use_env_allocators": "1"}
 
 
 def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
@@ -49,7 +56,8 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
     )
     if optimized_path:
         options.optimized_model_filepath = optimized_path
-    for key, value in {**(NO_PREPACKING if keep_float_weights else {}), **(extra_config or {})}.items():
+    _register_shared_arena()
+    for key, value in {**SHARED_ARENA, **(NO_PREPACKING if keep_float_weights else {}), **(extra_config or {})}.items():
         options.add_session_config_entry(key, value)
     disabled = KEEP_FLOAT_WEIGHTS if keep_float_weights else []
     if not isinstance(model, onnx.ModelProto):
@@ -61,6 +69,13 @@ def make_session(model: onnx.ModelProto | bytes | str, optimized: bool = True,
             path = os.path.join(folder, "model.onnx")
             save_with_external_data(model, path)
             return _session(path, options, disabled)
+
+
+@functools.cache
+def _register_shared_arena() -> None:
+    """The process's one CPU arena (made once; every session takes ``SHARED_ARENA``)."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, None)
 
 
 def _session(payload: bytes | str, options: ort.SessionOptions, disabled: list[str]) -> ort.InferenceSession:
