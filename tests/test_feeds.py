@@ -301,3 +301,42 @@ def test_every_stage_takes_whole_feeds(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
     for feed in feeds[6:]:  # the held-back quarter: two feeds, each still run as given
         assert session.run(["logits"], feed)[0].shape == (len(feed["x"]), CLASSES)
+
+
+def test_calibration_passes_run_in_small_runs_where_the_batch_is_free(tmp_path):
+    """Both calibration passes fetch every activation, so they run 4 samples at a time where the
+    model's batch axis is free, and keep a fixed batch as the model needs it; the statistics are
+    those of NumPy over every sample at once."""
+    from conftest import make_cnn
+
+    from onnxmp.quant import calibrate as calib_module
+    from onnxmp.runtime.data import make_calibration_set
+
+    model = prepare_model(make_cnn(), str(tmp_path))
+    x = np.random.default_rng(3).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    data = make_calibration_set({"x": x}, model, "test")
+    assert data.batched and not data.fixed_batch and data.batch == 16
+    assert [len(f["x"]) for f in data.in_runs_of(calib_module.RUN_SAMPLES).feeds()] == [4, 4, 2]
+    runs = []
+    plan = find_quantizers(model)
+    stats = calibrate(model, plan, data, lambda done, total, _: runs.append(total)).stats
+    assert set(runs) == {6}  # two passes of three runs
+    inner = [n for n in plan.activations if n != "x"]
+    session = ort.InferenceSession(_with_outputs(model, inner).SerializeToString(), providers=["CPUExecutionProvider"])
+    for name, value in zip(inner, session.run(inner, {"x": x}), strict=True):
+        assert stats[name].minimum == pytest.approx(float(value.min()), rel=1e-5)  # fused kernels round apart
+        assert stats[name].maximum == pytest.approx(float(value.max()), rel=1e-5)
+        assert stats[name].hist.sum() == value.size
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    data = make_calibration_set({"x": x}, fixed, "test")
+    assert data.fixed_batch and data.in_runs_of(1) is data
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return copy

@@ -26,6 +26,8 @@ from onnxmp.runtime.session import make_session
 logger = logging.getLogger(__name__)
 
 HIST_BINS = 2048
+# Samples per run of the two passes, which fetch every watched activation (see ``in_runs_of``).
+RUN_SAMPLES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,7 @@ def observe_ranges(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet
                    progress: Callable[[int, int, str], None] | None = None) -> Ranges:
     """The first float pass over ``data``. ``progress(done, total, detail)`` hears of every run
     (of both passes: the total counts two)."""
+    data = data.in_runs_of(RUN_SAMPLES)
     total = 2 * data.num_feeds
     names = list(plan.activations)
     out_of = {op.node: op.macs_tensor for op in plan.weighted_ops}
@@ -148,6 +151,7 @@ def fill_histograms(model: onnx.ModelProto, data: CalibrationSet, ranges: Ranges
                     progress: Callable[[int, int, str], None] | None = None) -> Calibration:
     """The second float pass: a histogram over each activation's range, for ``names`` (default:
     every activation with a finite range); the others keep min/max only. Skipped when none needs one."""
+    data = data.in_runs_of(RUN_SAMPLES)
     edges = {n: (min(ranges.lo[n], 0.0), max(ranges.hi[n], 0.0)) for n in ranges.lo
              if np.isfinite(ranges.lo[n]) and n not in ranges.non_finite and (names is None or n in names)}
     hists = {n: np.zeros(HIST_BINS, np.int64) for n in edges}

@@ -63,6 +63,7 @@ class CalibrationSet:
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     batch: int = DEFAULT_BATCH
     items: tuple[Feed, ...] = ()
+    fixed_batch: bool = False  # the model's batch axis has a fixed size: every run takes ``batch`` samples
 
     @property
     def batched(self) -> bool:
@@ -90,6 +91,15 @@ class CalibrationSet:
             return
         for start in range(0, self.num_samples, self.batch):
             yield {name: arr[start:start + self.batch] for name, arr in self.arrays.items()}
+
+    def in_runs_of(self, samples: int) -> CalibrationSet:
+        """The same samples in runs of at most ``samples`` (where the model's batch is free): a
+        pass that fetches every activation holds them all for one run, and memory new to the
+        process costs a page fault per page (ppocr_rec: 1.6 GB per run of 16 samples, its first
+        range pass 4.7 s; in runs of 4, 2.3 s)."""
+        if not self.batched or self.fixed_batch or self.batch <= samples:
+            return self
+        return dataclasses.replace(self, batch=samples)
 
     def first_sample(self) -> Feed:
         """One sample as the model takes it: the first feed, cut to one sample where batched
@@ -225,7 +235,8 @@ def _as_samples(raw: Mapping[str, np.ndarray], specs: list[InputSpec], source: s
         raise CalibrationError(f"{source}: as samples along the first axis the inputs disagree on the number of "
                                f"samples or on having a batch axis ({detail}); {_FORMS}")
     if batched_layouts.pop():
-        return CalibrationSet(source, arrays, _batch_size(specs, next(iter(counts.values())), source))
+        fixed = _fixed_batch(specs, next(iter(counts.values())), source)
+        return CalibrationSet(source, arrays, fixed or DEFAULT_BATCH, fixed_batch=fixed is not None)
     n = next(iter(counts.values()))  # no batch axis: every sample is a whole feed (asarray keeps a 0-d array)
     return CalibrationSet(source, items=tuple({k: np.asarray(a[i]) for k, a in arrays.items()} for i in range(n)))
 
@@ -244,11 +255,11 @@ def _as_feed(raw: Mapping[str, np.ndarray], specs: list[InputSpec], source: str)
     return feed
 
 
-def _batch_size(specs: list[InputSpec], n: int, source: str) -> int:
-    """Samples per run: the model's fixed batch size if it has one, else DEFAULT_BATCH."""
+def _fixed_batch(specs: list[InputSpec], n: int, source: str) -> int | None:
+    """The model's fixed batch size, if it has one."""
     fixed = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
     if not fixed:
-        return DEFAULT_BATCH
+        return None
     size = fixed.pop()
     if fixed or n % size:
         raise CalibrationError(f"{source}: the model has a fixed batch size of {size}; give a multiple of {size} samples")
