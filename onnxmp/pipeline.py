@@ -442,7 +442,7 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
             methods = dict(simulator.params.range_method)
             if config.refine_ranges:
                 with _timed(timings, "refine ranges"):
-                    refinement = refine_ranges(simulator, choice.assignment, table)
+                    refinement = refine_ranges(simulator, choice.assignment, table, max_memory=config.max_memory)
                     chosen_nsr = refinement.nsr_after
             try:
                 qdq, shipped, latency, on_target = _ship(analysis, choice, config, profile)

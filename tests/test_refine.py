@@ -52,3 +52,25 @@ def test_the_exported_file_computes_the_refined_sqnr(runs):
         got = run_over(make_session(with_outputs(result.model, names)), data, names)
         assert numerics.sqnr_db(reference, got) == pytest.approx(result.record["chosen"]["simulated_sqnr_db"], abs=0.1), flag
     assert np.isfinite(runs[True].record["chosen"]["sqnr_db_ort_default"])
+
+
+def test_flips_run_from_cached_cuts_and_agree_with_whole_graph_runs(monkeypatch):
+    """Each flip changes the graph from its group on: its evaluation runs from a cut of the
+    assignment's cached values (a silent fallback to whole graphs would pass every other test),
+    and the refined point measures the same when run whole afterwards."""
+    from onnxmp.pipeline import analyze
+    from onnxmp.quant.candidates import Candidate
+    from onnxmp.search import partial
+    from onnxmp.search.refine import refine_ranges
+
+    analysis = analyze(DIGITS, _config(adaround="off"))
+    sim = analysis.simulator
+    assignment = {g.gid: Candidate.parse("W8A8") for g in analysis.plan.groups}
+    table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
+    runs = []
+    original = partial.CutCache.run
+    monkeypatch.setattr(partial.CutCache, "run", lambda self, *a: runs.append(a[0].position) or original(self, *a))
+    refinement = refine_ranges(sim, assignment, table)
+    assert refinement.evaluations >= 3 and len(runs) == refinement.evaluations
+    assert sim._partial is None  # dropped: later evaluations run whole
+    assert sim.nsr(assignment) == pytest.approx(refinement.nsr_after, rel=1e-4)

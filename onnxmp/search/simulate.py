@@ -277,22 +277,27 @@ class Simulator:
         return frozenset(i + 1 for i, node in enumerate(self._model.graph.node)
                          if node.name.endswith(("::fq_clip", "::fq_q")))
 
-    def _pruner(self, baseline: Assignment):
+    def _pruner(self, baseline: Assignment, float_fixed: bool):
         """For the cut cache: a suffix (or the whole model) without the quantizers of the
-        activations that ``baseline`` leaves float and whose parameters do not vary there."""
+        activations that ``baseline`` leaves float and whose parameters do not vary there (with
+        ``float_fixed``, whatever varies: no evaluation quantizes them)."""
         floating = self.float_activations(baseline)
 
         def prune(model: onnx.ModelProto, varying: frozenset[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
-            return without_quantizers(model, {a for a in floating if not self._params[a] & varying})
+            return without_quantizers(model, floating if float_fixed else
+                                      {a for a in floating if not self._params[a] & varying})
         return prune
 
-    def keep_baseline(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+    def keep_baseline(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY,
+                      float_fixed: bool = False) -> None:
         """Cache ``assignment``'s values at cut points, so that evaluations that differ from it
-        only late in the graph run only from there on (Phase 1: one group changed at a time)."""
+        only late in the graph run only from there on (Phase 1: one group changed at a time).
+        ``float_fixed``: every evaluation leaves the groups ``assignment`` leaves float float
+        (range refinement), so no suffix keeps their quantizers."""
         feeds = self.feeds_for(assignment)
         try:
             self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
-                                     feed_groups=self.group_feeds(), prune=self._pruner(assignment),
+                                     feed_groups=self.group_feeds(), prune=self._pruner(assignment, float_fixed),
                                      inside=self._inside_chains())
         except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
             logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
