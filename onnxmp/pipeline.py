@@ -434,7 +434,9 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
         with _timed(timings, "phase2"):
             ranked, config, families = _choose_among_families(simulator, curves, config, table, group_cost)
         for rank, (curve, greedy) in enumerate(ranked):
-            with _timed(timings, "phase2"):  # the measured points, and the choice they may replace
+            # the measured points, and the choice they may replace: points near the budget's choice
+            # differ from it in a few groups, so they run from cached cuts of its values
+            with _timed(timings, "phase2"), simulator.from_cuts_of(greedy.assignment, config.max_memory):
                 measured = _measure_curve(simulator, curve, config.measured_points, config.budget)
                 choice, chosen_nsr = _best_within_budget(simulator, curve, greedy, measured, uniform,
                                                          analysis.allowed, config, group_cost)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -187,3 +189,28 @@ def test_the_precise_session_runs_only_where_matmulnbits_is(cnn_path, tmp_path, 
     assert sum(config == pipeline.PRECISE_SESSION_CONFIG for config in made) == precise_runs
     chosen = record["chosen"]
     assert np.isfinite(chosen["sqnr_db_ort_precise"]) and np.isfinite(chosen["sqnr_db_ort_default"])
+
+
+def test_phase2_points_from_cached_cuts_measure_as_whole_graph_runs(cnn_path, tmp_path, monkeypatch):
+    """Phase 2's measured points run from cached cuts of the budget choice's values (a silent
+    fallback to whole graphs would pass the other tests); ``--max-memory 0`` runs each whole,
+    and both measure the same points alike."""
+    from onnxmp.search import partial
+
+    events = []
+    build, run = partial.CutCache.__init__, partial.CutCache.run
+    monkeypatch.setattr(partial.CutCache, "__init__", lambda self, *a, **k: events.append("cache") or build(self, *a, **k))
+    monkeypatch.setattr(partial.CutCache, "run", lambda self, *a: events.append("run") or run(self, *a))
+    config = classic(calib=str(tmp_path / "calib.npz"), budget=0.35, refine_ranges=False)
+    cut = optimize(str(cnn_path), None, config).record
+    assert events.count("cache") == 2  # Phase 1's (all-highest) and Phase 2's (the budget choice)
+    assert "run" in events[events.index("cache", 1):]
+    events.clear()
+    whole = optimize(str(cnn_path), None, dataclasses.replace(config, max_memory=0)).record
+    assert not events
+    measured = [(p["step"], p["measured_sqnr_db"]) for p in cut["pareto_curve"] if p["measured_sqnr_db"] is not None]
+    again = {p["step"]: p["measured_sqnr_db"] for p in whole["pareto_curve"] if p["measured_sqnr_db"] is not None}
+    assert len(measured) >= 2
+    for step, sqnr in measured:  # a suffix's constants and 16-bit stand-ins move a few roundings
+        assert sqnr == pytest.approx(again[step], abs=0.05)
+    assert cut["chosen"]["mix"] == whole["chosen"]["mix"]

@@ -56,8 +56,7 @@ def refine_ranges(simulator: Simulator, assignment: Assignment, sensitivity: dic
     if not tried:
         nsr = simulator.nsr(assignment)
         return Refinement((), nsr, nsr, 1)
-    simulator.keep_baseline(assignment, max_memory, float_fixed=True)
-    try:
+    with simulator.from_cuts_of(assignment, max_memory, float_fixed=True):
         before = best = simulator.nsr(assignment)
         flipped, groups = [], 0
         for group in tried:
@@ -71,8 +70,6 @@ def refine_ranges(simulator: Simulator, assignment: Assignment, sensitivity: dic
                 flipped += [(name, bits, m) for name, m in new.items()]
             else:
                 params.range_method.update({(name, bits): m for name, m in old.items()})
-    finally:
-        simulator.drop_baseline()
     simulator.forget_settled()
     logger.info("range refinement: %d of %d groups flipped, SQNR %.2f -> %.2f dB", groups, len(tried),
                 nsr_to_db(before), nsr_to_db(best))

@@ -10,9 +10,10 @@ rebuilt and no session created per configuration.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterator
 
 import numpy as np
 import onnx
@@ -320,6 +321,20 @@ class Simulator:
 
     def drop_baseline(self) -> None:
         self._partial = None
+
+    @contextlib.contextmanager
+    def from_cuts_of(self, assignment: Assignment, max_memory: int = DEFAULT_MAX_MEMORY,
+                     float_fixed: bool = False) -> Iterator[None]:
+        """Meanwhile, evaluations run from cached cuts of ``assignment``'s values (``keep_baseline``);
+        ``max_memory`` 0: every one runs the whole graph."""
+        if max_memory <= 0:
+            yield
+            return
+        self.keep_baseline(assignment, max_memory, float_fixed)
+        try:
+            yield
+        finally:
+            self.drop_baseline()
 
     @property
     def cached_bytes(self) -> int:
