@@ -395,10 +395,25 @@ def graph_ir(folder: str = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def sqnr_resolution(folder: str = RESULTS) -> str:
+    """Per model, the shipped point's SQNR and how far changes that should not matter move it."""
+    lines = [f"{source('sqnr_resolution.md', folder)}; the shipped point's simulated SQNR and what moved it:"]
+    for r in read_table("sqnr_resolution.md", folder=folder):
+        moves = []
+        if number(r["stand-in SQNR dB (min / max)"]) is not None:
+            moves.append(f"one of {r['stand-ins']} float activations behind a 16-bit quantizer "
+                         f"{r['stand-in SQNR dB (min / max)'].replace(' / ', ' to ')} dB")
+        if number(r["input x (1 ± 1e-6) SQNR dB"]) is not None:
+            moves.append(f"inputs x (1 ± 1e-6) {r['input x (1 ± 1e-6) SQNR dB'].replace(' / ', ' and ')} dB")
+        lines.append(f"- {r['model']}: {sqnr(r['simulated SQNR dB'])}; " + ("; ".join(moves) + f" (largest move "
+                     f"{r['largest move dB']} dB)" if moves else "nothing to perturb") + ".")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[str], str]] = {
     "phase1_speed": phase1_speed, "deploy": deploy, "cold_speed": cold_speed, "targets_edge": targets_edge,
     "ort_kernels": ort_kernels, "zoo": zoo, "adaround": adaround, "robustness": robustness,
-    "large_model": large_model, "graph_ir": graph_ir}
+    "large_model": large_model, "graph_ir": graph_ir, "sqnr_resolution": sqnr_resolution}
 
 
 def render(readme: str, folder: str = RESULTS) -> str:
