@@ -172,8 +172,8 @@ def _long_skip_cnn(folder) -> str:
 
 
 def test_suffix_sessions_do_not_depend_on_what_was_measured_before(tmp_path):
-    """One process measures every group, a worker only some: each cut's suffix must take the same
-    parameters as inputs (the rest baked in), or the two compute with different kernels."""
+    """One process measures every group, a worker only some: each group's suffix must take the
+    same parameters as inputs (the rest baked in), or the two compute with different kernels."""
     path = _long_skip_cnn(tmp_path)
     analysis = analyze(path, classic(calib=str(tmp_path / "skip.npz"), adaround="off", cache_dir=None))
     sim, plan = analysis.simulator, analysis.plan
@@ -182,8 +182,13 @@ def test_suffix_sessions_do_not_depend_on_what_was_measured_before(tmp_path):
 
     def suffixes(groups) -> tuple[dict, dict]:
         sim.keep_baseline(baseline)
-        nsr = {g.gid: sim.nsr({**baseline, g.gid: lowest}) for g in groups}
-        made = {position: suffix.varying for position, suffix in sim._partial._sessions.items()}
+        cache, nsr, made = sim._partial, {}, {}
+        make = cache._suffix
+        for g in groups:
+            used = []
+            cache._suffix = lambda *a: used.append(make(*a)) or used[-1]  # noqa: B023
+            nsr[g.gid] = sim.nsr({**baseline, g.gid: lowest})
+            made[g.gid] = [(s.varying, s.inputs) for s in used]
         sim.drop_baseline()
         return made, nsr
 
@@ -191,7 +196,8 @@ def test_suffix_sessions_do_not_depend_on_what_was_measured_before(tmp_path):
     first = plan.group_of_activation()["r4"]
     others = [g for g in plan.groups if g.gid != first]  # a worker not given r4's group
     alone, alone_nsr = suffixes(others)
-    assert alone and all(everything[position] == varying for position, varying in alone.items())
+    assert sum(map(len, alone.values())) >= 3  # most evaluations ran from a cut
+    assert all(alone[g.gid] == everything[g.gid] for g in others)  # the same suffix inputs
     assert all(alone_nsr[g.gid] == all_nsr[g.gid] for g in others)  # bit for bit
 
 

@@ -9,6 +9,7 @@ as fit in the memory budget are kept (what does not fit is recomputed from an ea
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CUTS = 16
 DEFAULT_MAX_MEMORY = 2 << 30  # bytes of cached activations
+SUFFIX_SESSIONS = 4  # suffix sessions kept (one per cut and set of groups changed)
 
 
 Prune = Callable[[onnx.ModelProto, frozenset[str]], tuple[onnx.ModelProto, dict[str, str]]]
@@ -136,22 +138,24 @@ class _Suffix:
 
 
 class CutCache:
-    """The baseline's live tensors at the kept cuts, per calibration batch, and one suffix
-    session per cut (made when first needed). A suffix session takes as inputs only the
-    parameters that can differ from the baseline in evaluations starting at its cut (those first
-    read before the next cut, and any seen differing); the others are baked in at their
-    baseline values while the baked bytes fit what ``max_memory`` leaves (never when the weights
-    fed to the simulation are over ``large.LARGE_BYTES``): constants let onnxruntime fold them
-    and choose its layouts (NCHWc convolutions): Phase 1 of a 100-layer CNN ran in 25 s instead
-    of 34 s (MatMul weights are not pre-packed, see ``session.NO_PREPACKING``)."""
+    """The baseline's live tensors at the kept cuts, per calibration batch, and suffix sessions
+    from them (made when first needed), one per cut and set of groups an evaluation changes. A
+    suffix session takes as inputs only the feeds of those groups; the others are baked in at
+    their baseline values while the baked bytes fit what ``max_memory`` leaves (never when the
+    weights fed to the simulation are over ``large.LARGE_BYTES``), and the quantizers of groups
+    the baseline leaves float are pruned. Constants let onnxruntime fold them and choose its
+    layouts (NCHWc convolutions): Phase 1 of a 100-layer CNN ran in 25 s instead of 34 s (MatMul
+    weights are not pre-packed, see ``session.NO_PREPACKING``). Pruning computes the float groups
+    as the whole graph does: a 16-bit quantizer standing in for float moved ppocr_cls's SQNR by
+    up to 1.3 dB (benchmarks/sqnr_resolution.py)."""
 
     def __init__(self, model: onnx.ModelProto, data: CalibrationSet, observed: list[str], fed: set[str],
                  baseline_feeds: dict[str, np.ndarray], max_memory: int = DEFAULT_MAX_MEMORY,
                  count: int = DEFAULT_CUTS, feed_groups: Iterable[frozenset[str]] = (), prune: Prune | None = None,
                  inside: frozenset[int] = frozenset()) -> None:
         """``feed_groups``: the sets of feeds that change together (one per quantizer group);
-        each stays an input of the suffix its evaluations start from, so which parameters a
-        suffix bakes in depends only on the plan, not on which groups this process measured
+        a suffix takes those of the groups an evaluation changes as inputs, so what it bakes in
+        depends only on the plan and that evaluation, not on which groups this process measured
         before (baked and fed weights run different kernels: results would differ in the last
         bits between one process and several). ``prune``: given a model (the whole one or a
         suffix) and the feeds that vary there, the model with the nodes the baseline makes
@@ -170,7 +174,7 @@ class CutCache:
         self.types = {name: _observed_type([batch[name] for batch in batches])
                       for batches in self.values.values() for name in batches[0]}
         self.bytes = sum(v.nbytes for batches in self.values.values() for batch in batches for v in batch.values())
-        self._sessions: dict[int, _Suffix] = {}
+        self._sessions: collections.OrderedDict[tuple[int, frozenset[str]], _Suffix] = collections.OrderedDict()
         self._produced_by_position: dict[int, set[str]] = {}
         # the simulation model holds no weights (they are fed): a large model shows in its feeds
         large = is_large(model) or is_large_size(sum(v.nbytes for v in baseline_feeds.values()))
@@ -234,22 +238,21 @@ class CutCache:
         """Stop using ``cut`` (its suffix failed to run) and free its cached values."""
         self.cuts.remove(cut)
         self.bytes -= sum(v.nbytes for batch in self.values.pop(cut.position) for v in batch.values())
-        gone = self._sessions.pop(cut.position, None)
-        self._bake_budget += gone.baked_bytes if gone else 0
+        for key in [k for k in self._sessions if k[0] == cut.position]:
+            self._bake_budget += self._sessions.pop(key).baked_bytes
 
     def _suffix(self, cut: Cut, changed: set[str], computed: list[str]) -> _Suffix:
-        """The cut's suffix session, (re)made when ``changed`` holds a feed it has baked in."""
-        have = self._sessions.get(cut.position)
-        if have is not None and changed <= have.varying:
-            return have
-        later = [c.position for c in self.cuts if c.position > cut.position]
-        window_end = later[0] if later else len(self.model.graph.node)
-        window = {name for name, at in self._first_reader.items()
-                  if cut.position <= at < window_end and name in self.baseline_feeds}
-        starting_here = [g for g in self._feed_groups if self.cut_before(self.start_of_change(g)) is cut]
-        varying = frozenset(window.union(*starting_here) | changed | (have.varying if have else set()))
+        """The cut's suffix session for evaluations that change ``changed``: the feeds of every
+        group those belong to stay inputs, the others are baked in at their baseline values (or
+        pruned away where the baseline leaves their group float), so a session depends only on
+        which groups an evaluation changes, never on what was evaluated before; the last
+        SUFFIX_SESSIONS are kept (Phase 1 evaluates a group a few times in a row)."""
+        varying = frozenset(changed.union(*(g for g in self._feed_groups if g & changed)))
+        key = (cut.position, varying)
+        have = self._sessions.get(key)
         if have is not None:
-            self._bake_budget += have.baked_bytes
+            self._sessions.move_to_end(key)
+            return have
         reads = set().union(*(node_reads(n) for n in list(self.model.graph.node)[cut.position:]))
         constants = {n: v for n, v in self.baseline_feeds.items() if n in reads and n not in varying}
         baked = sum(v.nbytes for v in constants.values())
@@ -257,13 +260,12 @@ class CutCache:
             constants, baked = {}, 0
         self._bake_budget -= baked
         model = suffix_model(self.model, cut, computed, self.types, constants)
-        size = len(model.graph.node)
         if self._prune is not None:
             model, _ = self._prune(model, varying)
         session = make_session(model, keep_float_weights=True)
-        inputs = frozenset(i.name for i in session.get_inputs())
-        fixed = constants or len(model.graph.node) < size  # what is baked in or pruned must not change
-        made = self._sessions[cut.position] = _Suffix(session, varying if fixed else frozenset(reads), baked, inputs)
+        made = self._sessions[key] = _Suffix(session, varying, baked, frozenset(i.name for i in session.get_inputs()))
+        while len(self._sessions) > SUFFIX_SESSIONS:
+            self._bake_budget += self._sessions.popitem(last=False)[1].baked_bytes
         return made
 
     def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:
