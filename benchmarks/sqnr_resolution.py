@@ -8,8 +8,8 @@ it shipped (its groups' candidates, Phase 1's ranges with refinement's flips) si
 whole graph, over the calibration samples:
 - **stand-in**: one activation the point leaves float given a 16-bit min/max quantizer (noise
   about 90 dB below the signal), for up to ``--stand-ins`` such activations spread along the
-  graph, one at a time: what a suffix session of partial re-evaluation does to the groups of its
-  window;
+  graph, one at a time: what partial re-evaluation's suffix sessions did to the float groups of
+  their window until d4c7d71;
 - **input x (1 ± 1e-6)**: every float graph input scaled by a millionth either way, the float
   reference recomputed on the scaled inputs.
 Each changes the model's values far below its quantization noise; what it changes in the SQNR
