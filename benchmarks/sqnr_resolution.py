@@ -57,12 +57,13 @@ def shipped_point(bench, folder: str):
 def stand_in_sqnrs(analysis, assignment, count: int) -> list[float]:
     """The point's SQNR with one float activation at a time behind a 16-bit quantizer."""
     sim = analysis.simulator
-    floating = [a for a in analysis.plan.activations if a in sim.float_activations(assignment)]
+    float_acts = sim.float_activations(assignment)
+    floating = [a for a in analysis.plan.activations if a in float_acts]
     picked = [floating[i] for i in np.unique(np.linspace(0, len(floating) - 1, min(count, len(floating))).round().astype(int))] \
         if floating else []
     sqnrs = []
-    for name in picked:
-        session, inputs = sim._whole_session(sim.float_activations(assignment) - {name})
+    for name in picked:  # the whole-graph session that keeps only this float activation's quantizer
+        session, inputs = sim._whole_session(float_acts - {name})
         feeds = {**sim.feeds_for(assignment), **sim.activation_feeds(name, FLOAT_PROXY_BITS, "minmax")}
         got = run_over(session, sim.data, sim.observed, {k: v for k, v in feeds.items() if k in inputs})
         sqnrs.append(numerics.sqnr_db(sim.reference, got))
