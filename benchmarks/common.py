@@ -16,6 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "models"))
 
+import zoo  # noqa: E402
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchModel:
@@ -25,7 +27,8 @@ class BenchModel:
     model: str
     calib: str
     metric: str
-    evaluate: Callable[[str], float]
+    # the task score of a file, kept per evaluation item (zoo.ItemScores; its .score is the metric)
+    evaluate_items: Callable[[str], zoo.ItemScores]
     # calib is a folder of whole feeds (one .npz per feed, e.g. a sequence plus state tensors, run
     # one by one), not one .npz of samples along the first axis
     calib_feeds: bool = False
@@ -34,6 +37,10 @@ class BenchModel:
     # (None: the model has none; zoo.sentence_cosine)
     sentence_cosine: Callable[[str], float | None] = lambda path: None
 
+    def evaluate(self, path: str) -> float:
+        """The task score of the file at ``path``."""
+        return self.evaluate_items(path).score
+
 
 def _digits_chance() -> float:
     """Top-1 % of always answering the commonest digit of the test set."""
@@ -41,11 +48,12 @@ def _digits_chance() -> float:
     return float(100.0 * np.bincount(labels).max() / len(labels))
 
 
-def _digits_top1(path: str) -> float:
+def _digits_top1(path: str) -> zoo.ItemScores:
+    """Top-1 % per test image: 100 if right, 0 if wrong."""
     test = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": test["input"]})[0]
-    return float(100.0 * (logits.argmax(1) == test["labels"]).mean())
+    return zoo.ItemScores(100.0 * (logits.argmax(1) == test["labels"]), np.ones(len(logits)))
 
 
 def bench_models(names: list[str] | None = None) -> list[BenchModel]:
@@ -53,18 +61,13 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     models = [BenchModel("digits", os.path.join(ROOT, "models", "digits", "digits_cnn.onnx"),
                          os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %", _digits_top1,
                          chance=_digits_chance())]
-    try:
-        import zoo
-    except ImportError:
-        zoo = None
-    if zoo is not None:
-        for name, spec in zoo.MODELS.items():
-            paths = zoo.paths(name)
-            feeds = getattr(spec, "calib_feeds", False)
-            if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
-                models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
-                                         lambda p, n=name: zoo.evaluate(n, p), feeds, zoo.chance_level(name),
-                                         lambda p, n=name: zoo.sentence_cosine(n, p)))
+    for name, spec in zoo.MODELS.items():
+        paths = zoo.paths(name)
+        feeds = spec.calib_feeds
+        if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
+            models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
+                                     lambda p, n=name: zoo.evaluate_items(n, p), feeds, zoo.chance_level(name),
+                                     lambda p, n=name: zoo.sentence_cosine(n, p)))
     if names:
         models = [m for m in models if m.name in names]
     return models

@@ -17,8 +17,11 @@ MiniLM its token states, padding positions included); sentence cosine (eval): a 
 embeddings against float's over its evaluation queries and documents (``zoo.sentence_cosine``).
 OpenVINO (where the ``openvino`` extra is installed): the same files timed the same way on its
 CPU plugin, one thread, one stream. Cost: each onnxmp variant's cost under the default metric,
-relative to float; per model a note says whether each mixed point is at least as good (task score
-and SQNR) as uniform W8A8 where that costs as much or more. All rows come from one run at one commit.
+relative to float. Task score − uniform W8A8: the difference on the same evaluation items, with its
+95% paired bootstrap interval (``zoo.paired_difference``). Per model a note says whether each
+mixed point is at least as good as uniform W8A8 where that costs as much or more: SQNR at least
+uniform's, task score not below it by more than the evaluation set resolves (the interval's upper
+end at or above 0). All rows come from one run at one commit.
 
 Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
 """
@@ -41,7 +44,7 @@ import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import bench_models, git_state, publish_merged, samples_calib_only  # noqa: E402
+from common import bench_models, git_state, publish_merged, samples_calib_only, zoo  # noqa: E402
 from zoo_table import _quantize_peer, _subset_calib  # noqa: E402
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
@@ -52,7 +55,9 @@ from onnxmp.runtime.data import read_npz  # noqa: E402
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
-HEADER = ["model", "variant", "cost (latency est.)", "task score", "SQNR dB", "mean cosine", "sentence cosine (eval)",
+UNIFORM = "onnxmp uniform W8A8"
+HEADER = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]", "SQNR dB",
+          "mean cosine", "sentence cosine (eval)",
           "ms (1 thread)", "× float",
           "ms (2 threads)", "× float ", "ms OpenVINO (1 thread)", "× float  ", "kernels (integer / float)",
           "activation quantizers", "KiB"]
@@ -149,7 +154,7 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     paths = {"float": bench.model}
     notes = {}
     cache = os.path.join(folder, "cache")
-    configs = {"onnxmp uniform W8A8": OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0)}
+    configs = {UNIFORM: OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0)}
     configs["onnxmp default"] = OptimizeConfig()
     configs.update({f"onnxmp budget {b:g}": OptimizeConfig(budget=b) for b in budgets})
     records = {}
@@ -172,6 +177,7 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     timed = {t: latencies({n: ort_runner(p, t) for n, p in paths.items()}, feeds, runs) for t in threads}
     on_openvino = openvino_latencies(paths, feeds, runs, notes, bench.name)
     costs = estimated_costs(records)
+    items = {name: bench.evaluate_items(path) for name, path in paths.items()}
     rows, scores = [], {}
     for name, path in paths.items():
         values = outputs(path, arrays)
@@ -179,15 +185,16 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
         quality = ["float", "1"] if name == "float" else [f"{numerics.sqnr_db(reference, values):.2f}",
                                                           f"{mean_cosine(reference[0], values[0]):.4f}"]
         quality.append("—" if sentence is None else f"{sentence:.4f}")
-        scores[name] = (bench.evaluate(path), numerics.sqnr_db(reference, values))
-        cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}", *quality]
+        scores[name] = (items[name].score, numerics.sqnr_db(reference, values))
+        cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}",
+                 versus_uniform(items, name), *quality]
         for ms, base in [*((timed[t].get(name), timed[t]["float"]) if t in timed else (None, None) for t in (1, 2)),
                          (on_openvino.get(name), on_openvino.get("float"))]:
             cells += ["", ""] if ms is None or base is None else [f"{ms:.2f}", f"{ms / base:.2f}"]
         cells += [kernels(path), str(activation_quantizers(path)), f"{os.path.getsize(path) / 1024:.0f}"]
         rows.append(cells)
         print(" | ".join(cells), flush=True)
-    verdict = mixed_vs_uniform(records, scores)
+    verdict = mixed_vs_uniform(records, scores, items)
     if verdict:
         notes[f"{bench.name}/mixed vs uniform"] = verdict
     return rows, notes
@@ -201,33 +208,48 @@ def estimated_costs(records: dict[str, dict]) -> dict[str, str]:
         return {}
     costs = {"float": "1.000"}
     if "W8A8" in default["uniform"]:
-        costs["onnxmp uniform W8A8"] = f"{default['uniform']['W8A8']['relative_cost']:.3f}"
+        costs[UNIFORM] = f"{default['uniform']['W8A8']['relative_cost']:.3f}"
     for name, record in records.items():
-        if name != "onnxmp uniform W8A8" and record["options"]["metric"] == default["options"]["metric"]:
+        if name != UNIFORM and record["options"]["metric"] == default["options"]["metric"]:
             costs[name] = f"{record['chosen']['relative_cost']:.3f}"
     return costs
 
 
-def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, float]]) -> str:
-    """Whether every mixed point is at least as good (task score and SQNR) as uniform W8A8 where
-    uniform W8A8 costs as much or more: the issue's test of mixed precision, on the written files."""
+def versus_uniform(items: dict[str, zoo.ItemScores], name: str) -> str:
+    """A variant's task score minus uniform W8A8's on the same evaluation items, with the 95% paired
+    bootstrap interval of that difference (``zoo.paired_difference``): where the interval reaches
+    0, the evaluation set cannot tell the two apart."""
+    if name == UNIFORM or UNIFORM not in items:
+        return "—"
+    diff, low, high = zoo.paired_difference(items[name], items[UNIFORM])
+    return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, float]],
+                     items: dict[str, zoo.ItemScores]) -> str:
+    """Whether every mixed point is at least as good as uniform W8A8 where uniform W8A8 costs as much
+    or more: the issue's test of mixed precision, on the written files. SQNR must be at least
+    uniform's; the task score must not be below it by more than the evaluation set resolves (the
+    upper end of the difference's 95% paired interval at or above 0)."""
     default = records.get("onnxmp default")
-    if default is None or "onnxmp uniform W8A8" not in scores or "W8A8" not in default["uniform"]:
+    if default is None or UNIFORM not in scores or "W8A8" not in default["uniform"]:
         return ""
     uniform_cost = default["uniform"]["W8A8"]["relative_cost"]
-    u_score, u_sqnr = scores["onnxmp uniform W8A8"]
+    u_score, u_sqnr = scores[UNIFORM]
     parts = []
     for name, record in records.items():
-        if name == "onnxmp uniform W8A8" or name not in scores:
+        if name == UNIFORM or name not in scores:
             continue
         cost = record["chosen"]["relative_cost"]
         score, sqnr = scores[name]
         if cost > uniform_cost + 1e-9:
             parts.append(f"{name} (cost {cost:.3f}) costs more than uniform W8A8 ({uniform_cost:.3f}): not compared")
             continue
-        ok = score >= u_score and sqnr >= u_sqnr
+        _, _, high = zoo.paired_difference(items[name], items[UNIFORM])
+        ok = high >= 0 and sqnr >= u_sqnr
         parts.append(f"{name} (cost {cost:.3f} ≤ uniform W8A8's {uniform_cost:.3f}): task score {score:.4f} vs "
-                     f"{u_score:.4f}, SQNR {sqnr:.2f} vs {u_sqnr:.2f} dB: {'at least as good' if ok else 'WORSE'}")
+                     f"{u_score:.4f} (difference {versus_uniform(items, name)}), SQNR {sqnr:.2f} vs {u_sqnr:.2f} dB: "
+                     f"{'at least as good' if ok else 'WORSE'}")
     return "; ".join(parts)
 
 
@@ -260,8 +282,9 @@ def main() -> None:
                "kernels: integer / float compute kernels of the graph onnxruntime optimizes the "
                "file into; cost: each onnxmp variant's cost under `--target ort`'s default metric (the layers' "
                "latency estimated from timings of each layer alone), relative to the float model; "
-               "**mixed vs uniform** notes compare each mixed point with uniform W8A8 where that costs as much or "
-               "more.")
+               "task score − uniform W8A8: the difference on the same evaluation items and its 95% paired bootstrap "
+               "interval; **mixed vs uniform** notes compare each mixed point with uniform W8A8 where that costs as "
+               "much or more (SQNR at least uniform's, task score not below it by more than the interval resolves).")
     publish_merged("deploy.md", caption, HEADER, rows, notes)
 
 

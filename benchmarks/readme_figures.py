@@ -234,12 +234,28 @@ def _vs_uniform(variants: dict[str, Row]) -> list[str]:
         if mine > cost + 1e-9:
             parts.append(f"{label} costs more ({row['cost (latency est.)']} vs {uniform['cost (latency est.)']}): not compared")
             continue
-        below = [what for what, order in (("task score", score_order(row["task score"], uniform["task score"])),
+        below = [what for what, order in (("task score", _score_against_uniform(row, uniform)),
                                           ("SQNR", sqnr_order(row["SQNR dB"], uniform["SQNR dB"]))) if order < 0]
-        parts.append(f"{label} ({row['× float']}× float, {_quality(row)}): "
+        interval = row.get(VS_UNIFORM, "—")
+        parts.append(f"{label} ({row['× float']}× float, {_quality(row)}"
+                     + ("" if interval == "—" else f", task score − uniform's {interval} at 95%") + "): "
                      + (f"**below it** in {' and '.join(below)}" if below else "at least as good"))
     return [f"  - against uniform W8A8 ({uniform['× float']}× float, {_quality(uniform)}) at no more estimated "
             f"cost: " + "; ".join(parts) + "."] if parts else []
+
+
+VS_UNIFORM = "task score − uniform W8A8 [95%]"
+
+
+def _score_against_uniform(row: Row, uniform: Row) -> int:
+    """-1 where a variant's task score is below uniform W8A8's by more than the evaluation set
+    resolves (the upper end of the difference's 95% interval below 0), 0 where the set cannot tell
+    them apart, 1 where it is above by more; plain score order where the table has no interval."""
+    cell = row.get(VS_UNIFORM, "—")
+    if cell == "—":
+        return score_order(row["task score"], uniform["task score"])
+    low, high = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
+    return -1 if high < 0 else 1 if low > 0 else 0
 
 
 def _same_file_spread(rows: list[Row]) -> list[str]:

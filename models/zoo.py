@@ -8,6 +8,8 @@
     p = paths("ppocr_cls")          # {"dir", "model", "calib", "calib2", "calib_ood", "eval", "meta"}
     # (calib* are .npz files of samples, or for spec.calib_feeds models folders of feed .npz files)
     score = evaluate("ppocr_cls", str(p["model"]))   # higher is better; spec.metric names it
+    items = evaluate_items("ppocr_cls", str(p["model"]))  # the same score, per evaluation item
+    diff, low, high = paired_difference(items_a, items_b)  # a's score - b's, 95% bootstrap interval
 
 ``evaluate`` runs any model with the float model's inputs and outputs (the float model or a
 quantized variant of it) with onnxruntime's CPUExecutionProvider and default session options.
@@ -163,10 +165,52 @@ def _check_prepared(name: str) -> dict[str, Path]:
 # --------------------------------------------------------------------------------------------
 
 
-def _eval_ppocr_cls(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+@dataclass(frozen=True)
+class ItemScores:
+    """A task score as a ratio of sums over evaluation items, ``sum(numerator) / sum(denominator)``,
+    kept per item so that two models' scores can be compared with the items' spread in mind.
+
+    An item is the unit whose errors are independent of the others': an image (``ppocr_cls``), a
+    text line (``ppocr_rec``: characters right over characters), a page (``ppocr_det``: matched
+    IoU over half the predicted plus true boxes), a query (``minilm``), a clip (``silero_vad``:
+    right frames over frames)."""
+
+    numerator: np.ndarray
+    denominator: np.ndarray
+
+    @property
+    def score(self) -> float:
+        total = float(self.denominator.sum())
+        return 0.0 if total == 0 else float(self.numerator.sum()) / total
+
+
+def paired_difference(a: ItemScores, b: ItemScores, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``a.score - b.score`` and its 95% paired bootstrap interval: the items resampled with
+    replacement ``rounds`` times, the same resample for both (both models saw the same items, so
+    their errors on an item are not independent). An interval reaching 0 means the evaluation set
+    cannot tell the two apart."""
+    if len(a.numerator) != len(b.numerator):
+        raise ValueError(f"the scores cover {len(a.numerator)} and {len(b.numerator)} items: not the same set")
+    rng = np.random.default_rng(seed)
+    n = len(a.numerator)
+    diffs = []
+    for start in range(0, rounds, 250):  # 250 resamples at a time bound the index array's memory
+        idx = rng.integers(0, n, size=(min(250, rounds - start), n))
+        ratio = [s.numerator[idx].sum(1) / np.maximum(s.denominator[idx].sum(1), 1e-300) for s in (a, b)]
+        diffs.append(ratio[0] - ratio[1])
+    low, high = np.percentile(np.concatenate(diffs), [2.5, 97.5])
+    return a.score - b.score, float(low), float(high)
+
+
+def _per_item(right: np.ndarray) -> ItemScores:
+    """Items scored 1 (right) or 0 (wrong), each counting once."""
+    return ItemScores(right.astype(np.float64), np.ones(len(right)))
+
+
+def _eval_ppocr_cls(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
     sess = _session(onnx_path)
     probs = _run_batched(sess, {"x": data["x"]})
-    return float(np.mean(probs.argmax(axis=1) == data["label"]))
+    return _per_item(probs.argmax(axis=1) == data["label"])
 
 
 def ctc_greedy_decode(probs: np.ndarray, charset: np.ndarray) -> list[str]:
@@ -194,21 +238,19 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def char_accuracy(preds: list[str], truths: list[str]) -> float:
-    """1 - sum(edit distance) / sum(len(truth)), with spaces removed from both sides."""
-    errs = total = 0
-    for p, t in zip(preds, truths, strict=True):
-        p, t = p.replace(" ", ""), t.replace(" ", "")
-        errs += edit_distance(p, t)
-        total += len(t)
-    return 1.0 - errs / max(total, 1)
+def char_items(preds: list[str], truths: list[str]) -> ItemScores:
+    """Per line: len(truth) - edit distance over len(truth), spaces removed from both sides, so
+    that the score is 1 - sum(edit distance) / sum(len(truth))."""
+    pairs = [(p.replace(" ", ""), t.replace(" ", "")) for p, t in zip(preds, truths, strict=True)]
+    lengths = np.array([len(t) for _, t in pairs], dtype=np.float64)
+    return ItemScores(lengths - [edit_distance(p, t) for p, t in pairs], lengths)
 
 
-def _eval_ppocr_rec(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+def _eval_ppocr_rec(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
     sess = _session(onnx_path)
     probs = _run_batched(sess, {"x": data["x"]}, batch=32)
     preds = ctc_greedy_decode(probs, data["charset"])
-    return char_accuracy(preds, [str(t) for t in data["text"]])
+    return char_items(preds, [str(t) for t in data["text"]])
 
 
 def _minilm_embeddings(sess, data: dict[str, np.ndarray], prefix: str) -> np.ndarray:
@@ -221,11 +263,11 @@ def _minilm_embeddings(sess, data: dict[str, np.ndarray], prefix: str) -> np.nda
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
-def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
     sess = _session(onnx_path)
     q, d = _minilm_embeddings(sess, data, "q"), _minilm_embeddings(sess, data, "d")
     sim = q @ d.T
-    return float(np.mean(sim.argmax(axis=1) == np.arange(len(q))))
+    return _per_item(sim.argmax(axis=1) == np.arange(len(q)))
 
 
 def sentence_cosine(name: str, onnx_path: str) -> float | None:
@@ -357,17 +399,18 @@ def panoptic_quality(ious: list[float], n_det: int, n_gt: int) -> float:
     return 0.0 if denominator == 0 else sum(ious) / denominator
 
 
-def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+def page_items(dets: list[np.ndarray], gts: list[np.ndarray]) -> ItemScores:
+    """Per page: its matched IoUs' sum over half its predicted plus true boxes. PQ's denominator
+    TP + FP/2 + FN/2 is (predicted + true) / 2, so the ratio of the sums is PQ over all pages."""
+    return ItemScores(np.array([sum(matched_ious(d, g)) for d, g in zip(dets, gts, strict=True)]),
+                      np.array([0.5 * (len(d) + len(g)) for d, g in zip(dets, gts, strict=True)]))
+
+
+def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
     sess = _session(onnx_path)
     probs = _run_batched(sess, {"x": data["x"]}, batch=16)
-    ious: list[float] = []
-    n_det = 0
-    for i in range(len(probs)):
-        det = db_postprocess(probs[i, 0])
-        gt = data["boxes"][data["box_page"] == i].astype(np.float64)
-        ious += matched_ious(det, gt)
-        n_det += len(det)
-    return panoptic_quality(ious, n_det, len(data["boxes"]))
+    return page_items([db_postprocess(p[0]) for p in probs],
+                      [data["boxes"][data["box_page"] == i].astype(np.float64) for i in range(len(probs))])
 
 
 def vad_clip_feeds(data: dict[str, np.ndarray]):
@@ -384,11 +427,13 @@ def vad_speech_probs(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.nda
     return [sess.run(["speech_probs"], f)[0].reshape(-1) for f, _ in vad_clip_feeds(data)]
 
 
-def _eval_silero_vad(onnx_path: str, data: dict[str, np.ndarray]) -> float:
+def _eval_silero_vad(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
     """Frame accuracy: speech_probs > 0.5 (faster-whisper's default threshold) against the
-    per-window labels, over all windows of all clips."""
-    probs = np.concatenate(vad_speech_probs(onnx_path, data))
-    return float(np.mean((probs > 0.5) == (data["label"] == 1)))
+    per-window labels, over all windows of all clips; per clip, its right windows over its windows."""
+    right = [(p > 0.5) == (labels == 1) for p, (_, labels) in zip(vad_speech_probs(onnx_path, data),
+                                                                     vad_clip_feeds(data), strict=True)]
+    return ItemScores(np.array([r.sum() for r in right], dtype=np.float64),
+                      np.array([len(r) for r in right], dtype=np.float64))
 
 
 _EVALUATORS = {
@@ -420,13 +465,18 @@ def chance_level(name: str) -> float:
     return _CHANCE[name](load_npz(_check_prepared(name)["eval"]))
 
 
-def evaluate(name: str, onnx_path: str) -> float:
-    """Score ``onnx_path`` (the float model of ``name`` or a variant with the same inputs and
-    outputs) on the model's labelled evaluation set. Higher is better; the metric is
-    ``MODELS[name].metric``."""
+def evaluate_items(name: str, onnx_path: str) -> ItemScores:
+    """``evaluate``'s score of ``onnx_path``, kept per evaluation item (for ``paired_difference``)."""
     p = _check_prepared(name)
     return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ModelSpec", "chance_level", "evaluate", "load_npz", "paths", "sentence_cosine",
-           "vad_clip_feeds", "vad_speech_probs"]
+def evaluate(name: str, onnx_path: str) -> float:
+    """Score ``onnx_path`` (the float model of ``name`` or a variant with the same inputs and
+    outputs) on the model's labelled evaluation set. Higher is better; the metric is
+    ``MODELS[name].metric``."""
+    return evaluate_items(name, onnx_path).score
+
+
+__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "chance_level", "evaluate", "evaluate_items", "load_npz",
+           "paired_difference", "paths", "sentence_cosine", "vad_clip_feeds", "vad_speech_probs"]

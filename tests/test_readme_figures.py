@@ -105,6 +105,22 @@ def test_deploy_comparisons_are_computed_from_the_cells(tmp_path):
     assert "m default and budget 0.35 (1.20× and 1.10×)" in text
 
 
+def test_a_task_score_gap_within_the_interval_is_not_below_uniform(tmp_path):
+    """With the paired interval in the table, a lower task score whose interval reaches 0 is not
+    "below" uniform W8A8; one whose whole interval is below 0 is."""
+    header = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]", "SQNR dB",
+              "mean cosine", "× float", "kernels (integer / float)", "KiB"]
+    text = readme_figures.deploy(_results(tmp_path, "deploy.md", _table(header, [
+        "m | float | 1.000 | 0.9000 | -0.0100 [-0.0300, +0.0100] | float | 1 | 1.00 | none / 2 Conv | 10",
+        "m | onnxmp uniform W8A8 | 0.800 | 0.9100 | — | 20.00 | 0.99 | 0.70 | 2 QLinearConv / none | 5",
+        "m | onnxmp default | 0.700 | 0.9050 | -0.0050 [-0.0120, +0.0010] | 25.00 | 0.99 | 0.60 | 1 QLinearConv / 1 Conv | 7",
+        "m | onnxmp budget 0.35 | 0.600 | 0.8900 | -0.0200 [-0.0310, -0.0090] | 22.00 | 0.99 | 0.50 | 2 QLinearConv / none "
+        "| 6"])))
+    assert "default (0.60× float, task score 0.9050, SQNR 25.00 dB, mean cosine 0.99, task score − uniform's " \
+           "-0.0050 [-0.0120, +0.0010] at 95%): at least as good" in text
+    assert "budget 0.35 (0.50× float" in text and "at 95%): **below it** in task score." in text
+
+
 def test_two_broken_outputs_are_equally_broken():
     assert readme_figures.sqnr_order("-0.5 (broken)", "-3.0 (broken)") == 0
     assert readme_figures.sqnr_order("0.10", "-3.0 (broken)") == 1
