@@ -296,10 +296,13 @@ class Simulator:
         ``float_fixed``: every evaluation leaves the groups ``assignment`` leaves float float
         (range refinement), so no suffix keeps their quantizers."""
         feeds = self.feeds_for(assignment)
+        # a suffix session can serve every group after its cut where which quantizers are pruned
+        # does not depend on the groups an evaluation changes
+        fixed = float_fixed or not self.float_activations(assignment)
         try:
             self._partial = CutCache(self._model, self.data, self.observed, set(feeds), feeds, max_memory,
                                      feed_groups=self.group_feeds(), prune=self._pruner(assignment, float_fixed),
-                                     inside=self._inside_chains())
+                                     inside=self._inside_chains(), window_sessions=fixed)
         except ModelError as exc:  # onnxruntime cannot output some cut tensor: evaluate whole graphs
             logger.info("partial re-evaluation unavailable (%s); every evaluation runs the whole model", exc)
             self._partial = None
