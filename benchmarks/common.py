@@ -29,6 +29,8 @@ class BenchModel:
     metric: str
     # the task score of a file, kept per evaluation item (zoo.ItemScores; its .score is the metric)
     evaluate_items: Callable[[str], zoo.ItemScores]
+    # the same metric with the float model's answers as the labels (zoo.agreement_items)
+    agreement_items: Callable[[str], zoo.ItemScores]
     # calib is a folder of whole feeds (one .npz per feed, e.g. a sequence plus state tensors, run
     # one by one), not one .npz of samples along the first axis
     calib_feeds: bool = False
@@ -48,25 +50,33 @@ def _digits_chance() -> float:
     return float(100.0 * np.bincount(labels).max() / len(labels))
 
 
-def _digits_top1(path: str) -> zoo.ItemScores:
-    """Top-1 % per test image: 100 if right, 0 if wrong."""
+DIGITS = os.path.join(ROOT, "models", "digits", "digits_cnn.onnx")
+
+
+def _digits_answers(path: str) -> np.ndarray:
     test = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"input": test["input"]})[0]
-    return zoo.ItemScores(100.0 * (logits.argmax(1) == test["labels"]), np.ones(len(logits)))
+    return session.run(None, {"input": test["input"]})[0].argmax(1)
+
+
+def _digits_top1(path: str, truth: np.ndarray | None = None) -> zoo.ItemScores:
+    """Top-1 % per test image: 100 if right (the label, or ``truth``), 0 if wrong."""
+    if truth is None:
+        truth = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))["labels"]
+    return zoo.ItemScores(100.0 * (_digits_answers(path) == truth), np.ones(len(truth)))
 
 
 def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     """The shipped digits CNN plus every zoo model already prepared (python models/prepare.py)."""
-    models = [BenchModel("digits", os.path.join(ROOT, "models", "digits", "digits_cnn.onnx"),
-                         os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %", _digits_top1,
-                         chance=_digits_chance())]
+    models = [BenchModel("digits", DIGITS, os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %",
+                         _digits_top1, lambda p: _digits_top1(p, _digits_answers(DIGITS)), chance=_digits_chance())]
     for name, spec in zoo.MODELS.items():
         paths = zoo.paths(name)
         feeds = spec.calib_feeds
         if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
             models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
-                                     lambda p, n=name: zoo.evaluate_items(n, p), feeds, zoo.chance_level(name),
+                                     lambda p, n=name: zoo.evaluate_items(n, p),
+                                     lambda p, n=name: zoo.agreement_items(n, p), feeds, zoo.chance_level(name),
                                      lambda p, n=name: zoo.sentence_cosine(n, p)))
     if names:
         models = [m for m in models if m.name in names]

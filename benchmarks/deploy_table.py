@@ -3,25 +3,27 @@
     python benchmarks/deploy_table.py [--models digits ppocr_cls ...] [--budgets 0.35] [--samples N]
                                       [--runs 30] [--threads 1,2]
 
-Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate);
-onnxmp with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5
-or the cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onnxruntime's ``quantize_static`` W8A8 (QDQ,
-per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample (the first calibration
-sample, batch axis kept), default session options but the thread count, every variant's session
-made first, then ``--runs`` rounds that time one run of each variant in turn (interleaved, so a
-noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in the graph
-onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR: every
-model output against the float model's, over the calibration samples; task score: the model's
-labelled evaluator; mean cosine: per sample, between the first output and the float model's (for
-MiniLM its token states, padding positions included); sentence cosine (eval): a sentence encoder's
-embeddings against float's over its evaluation queries and documents (``zoo.sentence_cosine``).
-OpenVINO (where the ``openvino`` extra is installed): the same files timed the same way on its
-CPU plugin, one thread, one stream. Cost: each onnxmp variant's cost under the default metric,
-relative to float. Task score − uniform W8A8: the difference on the same evaluation items, with its
-95% paired bootstrap interval (``zoo.paired_difference``). Per model a note says whether each
-mixed point is at least as good as uniform W8A8 where that costs as much or more: SQNR at least
-uniform's, task score not below it by more than the evaluation set resolves (the interval's upper
-end at or above 0). All rows come from one run at one commit.
+Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate); onnxmp
+with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5 or the
+cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onnxruntime's
+``quantize_static`` W8A8 (QDQ, per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample
+(the first calibration sample, batch axis kept), default session options but the thread count, every
+variant's session made first, then ``--runs`` rounds that time one run of each variant in turn
+(interleaved, so a noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in
+the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
+every model output against the float model's, over the calibration samples; task score: the model's
+labelled evaluator; agreement with float: the same metric with the float model's answers as the
+labels (``zoo.agreement_items``: 1 for float; no bias of the labels' convention can reward an output
+for drifting from float's); mean cosine: per sample, between the first output and the float model's
+(for MiniLM its token states, padding positions included); sentence cosine (eval): a sentence
+encoder's embeddings against float's over its evaluation queries and documents
+(``zoo.sentence_cosine``). OpenVINO (where the ``openvino`` extra is installed): the same files
+timed the same way on its CPU plugin, one thread, one stream. Cost: each onnxmp variant's cost under
+the default metric, relative to float. Task score − uniform W8A8: the difference on the same
+evaluation items, with its 95% paired bootstrap interval (``zoo.paired_difference``). Per model a
+note says whether each mixed point is at least as good as uniform W8A8 where that costs as much or
+more: SQNR at least uniform's, task score not below it by more than the evaluation set resolves (the
+interval's upper end at or above 0). All rows come from one run at one commit.
 
 Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
 """
@@ -56,8 +58,8 @@ INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGem
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
 UNIFORM = "onnxmp uniform W8A8"
-HEADER = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]", "SQNR dB",
-          "mean cosine", "sentence cosine (eval)",
+HEADER = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]",
+          "agreement with float", "SQNR dB", "mean cosine", "sentence cosine (eval)",
           "ms (1 thread)", "× float",
           "ms (2 threads)", "× float ", "ms OpenVINO (1 thread)", "× float  ", "kernels (integer / float)",
           "activation quantizers", "KiB"]
@@ -187,7 +189,7 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
         quality.append("—" if sentence is None else f"{sentence:.4f}")
         scores[name] = (items[name].score, numerics.sqnr_db(reference, values))
         cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}",
-                 versus_uniform(items, name), *quality]
+                 versus_uniform(items, name), f"{bench.agreement_items(path).score:.4f}", *quality]
         for ms, base in [*((timed[t].get(name), timed[t]["float"]) if t in timed else (None, None) for t in (1, 2)),
                          (on_openvino.get(name), on_openvino.get("float"))]:
             cells += ["", ""] if ms is None or base is None else [f"{ms:.2f}", f"{ms / base:.2f}"]
@@ -282,6 +284,7 @@ def main() -> None:
                "kernels: integer / float compute kernels of the graph onnxruntime optimizes the "
                "file into; cost: each onnxmp variant's cost under `--target ort`'s default metric (the layers' "
                "latency estimated from timings of each layer alone), relative to the float model; "
+               "agreement with float: the task's metric with the float model's answers as the labels; "
                "task score − uniform W8A8: the difference on the same evaluation items and its 95% paired bootstrap "
                "interval; **mixed vs uniform** notes compare each mixed point with uniform W8A8 where that costs as "
                "much or more (SQNR at least uniform's, task score not below it by more than the interval resolves).")

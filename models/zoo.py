@@ -18,6 +18,7 @@ quantized variant of it) with onnxruntime's CPUExecutionProvider and default ses
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,15 +203,13 @@ def paired_difference(a: ItemScores, b: ItemScores, rounds: int = 2000, seed: in
     return a.score - b.score, float(low), float(high)
 
 
-def _per_item(right: np.ndarray) -> ItemScores:
-    """Items scored 1 (right) or 0 (wrong), each counting once."""
-    return ItemScores(right.astype(np.float64), np.ones(len(right)))
+def _predict_ppocr_cls(onnx_path: str, data: dict[str, np.ndarray]) -> np.ndarray:
+    return _run_batched(_session(onnx_path), {"x": data["x"]}).argmax(axis=1)
 
 
-def _eval_ppocr_cls(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
-    sess = _session(onnx_path)
-    probs = _run_batched(sess, {"x": data["x"]})
-    return _per_item(probs.argmax(axis=1) == data["label"])
+def _same_answers(answers: np.ndarray, truth: np.ndarray) -> ItemScores:
+    """Items scored 1 where the answer is the label, else 0, each counting once."""
+    return ItemScores((answers == truth).astype(np.float64), np.ones(len(truth)))
 
 
 def ctc_greedy_decode(probs: np.ndarray, charset: np.ndarray) -> list[str]:
@@ -246,11 +245,8 @@ def char_items(preds: list[str], truths: list[str]) -> ItemScores:
     return ItemScores(lengths - [edit_distance(p, t) for p, t in pairs], lengths)
 
 
-def _eval_ppocr_rec(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
-    sess = _session(onnx_path)
-    probs = _run_batched(sess, {"x": data["x"]}, batch=32)
-    preds = ctc_greedy_decode(probs, data["charset"])
-    return char_items(preds, [str(t) for t in data["text"]])
+def _predict_ppocr_rec(onnx_path: str, data: dict[str, np.ndarray]) -> list[str]:
+    return ctc_greedy_decode(_run_batched(_session(onnx_path), {"x": data["x"]}, batch=32), data["charset"])
 
 
 def _minilm_embeddings(sess, data: dict[str, np.ndarray], prefix: str) -> np.ndarray:
@@ -263,11 +259,11 @@ def _minilm_embeddings(sess, data: dict[str, np.ndarray], prefix: str) -> np.nda
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
-def _eval_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
+def _predict_minilm(onnx_path: str, data: dict[str, np.ndarray]) -> np.ndarray:
+    """Per query, the index of the document it retrieves first (its own is the query's index)."""
     sess = _session(onnx_path)
     q, d = _minilm_embeddings(sess, data, "q"), _minilm_embeddings(sess, data, "d")
-    sim = q @ d.T
-    return _per_item(sim.argmax(axis=1) == np.arange(len(q)))
+    return (q @ d.T).argmax(axis=1)
 
 
 def sentence_cosine(name: str, onnx_path: str) -> float | None:
@@ -406,11 +402,8 @@ def page_items(dets: list[np.ndarray], gts: list[np.ndarray]) -> ItemScores:
                       np.array([0.5 * (len(d) + len(g)) for d, g in zip(dets, gts, strict=True)]))
 
 
-def _eval_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
-    sess = _session(onnx_path)
-    probs = _run_batched(sess, {"x": data["x"]}, batch=16)
-    return page_items([db_postprocess(p[0]) for p in probs],
-                      [data["boxes"][data["box_page"] == i].astype(np.float64) for i in range(len(probs))])
+def _predict_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [db_postprocess(p[0]) for p in _run_batched(_session(onnx_path), {"x": data["x"]}, batch=16)]
 
 
 def vad_clip_feeds(data: dict[str, np.ndarray]):
@@ -427,21 +420,37 @@ def vad_speech_probs(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.nda
     return [sess.run(["speech_probs"], f)[0].reshape(-1) for f, _ in vad_clip_feeds(data)]
 
 
-def _eval_silero_vad(onnx_path: str, data: dict[str, np.ndarray]) -> ItemScores:
-    """Frame accuracy: speech_probs > 0.5 (faster-whisper's default threshold) against the
-    per-window labels, over all windows of all clips; per clip, its right windows over its windows."""
-    right = [(p > 0.5) == (labels == 1) for p, (_, labels) in zip(vad_speech_probs(onnx_path, data),
-                                                                     vad_clip_feeds(data), strict=True)]
+def _predict_silero_vad(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Per clip, speech or not per window: speech_probs > 0.5 (faster-whisper's default threshold)."""
+    return [p > 0.5 for p in vad_speech_probs(onnx_path, data)]
+
+
+def _clip_items(answers: list[np.ndarray], truth: list[np.ndarray]) -> ItemScores:
+    """Frame accuracy over all windows of all clips; per clip, its right windows over its windows."""
+    right = [a == t for a, t in zip(answers, truth, strict=True)]
     return ItemScores(np.array([r.sum() for r in right], dtype=np.float64),
                       np.array([len(r) for r in right], dtype=np.float64))
 
 
-_EVALUATORS = {
-    "ppocr_cls": _eval_ppocr_cls,
-    "ppocr_rec": _eval_ppocr_rec,
-    "ppocr_det": _eval_ppocr_det,
-    "minilm": _eval_minilm,
-    "silero_vad": _eval_silero_vad,
+@dataclass(frozen=True)
+class _Task:
+    """How a model's answers are made and scored: ``predict`` runs a file over the evaluation set,
+    ``truth`` gives the labels in the same form, ``score`` compares answers with labels. Scoring a
+    variant's answers against the float model's (``agreement``) uses the same ``score``."""
+
+    predict: Callable[[str, dict[str, np.ndarray]], object]
+    truth: Callable[[dict[str, np.ndarray]], object]
+    score: Callable[[object, object], ItemScores]
+
+
+_TASKS = {
+    "ppocr_cls": _Task(_predict_ppocr_cls, lambda data: data["label"], _same_answers),
+    "ppocr_rec": _Task(_predict_ppocr_rec, lambda data: [str(t) for t in data["text"]], char_items),
+    "ppocr_det": _Task(_predict_ppocr_det, lambda data: [data["boxes"][data["box_page"] == i].astype(np.float64)
+                                                         for i in range(len(data["x"]))], page_items),
+    "minilm": _Task(_predict_minilm, lambda data: np.arange(len(data["q_input_ids"])), _same_answers),
+    "silero_vad": _Task(_predict_silero_vad, lambda data: [labels == 1 for _, labels in vad_clip_feeds(data)],
+                        _clip_items),
 }
 
 
@@ -467,8 +476,17 @@ def chance_level(name: str) -> float:
 
 def evaluate_items(name: str, onnx_path: str) -> ItemScores:
     """``evaluate``'s score of ``onnx_path``, kept per evaluation item (for ``paired_difference``)."""
+    task, data = _TASKS[name], load_npz(_check_prepared(name)["eval"])
+    return task.score(task.predict(str(onnx_path), data), task.truth(data))
+
+
+def agreement_items(name: str, onnx_path: str) -> ItemScores:
+    """The task's metric with the float model's answers as the labels: how closely ``onnx_path``
+    does what the float model does on the evaluation set (1 for the float model itself). Unlike the
+    task score, no bias of the labels' convention can reward an output for drifting from float's."""
     p = _check_prepared(name)
-    return _EVALUATORS[name](str(onnx_path), load_npz(p["eval"]))
+    task, data = _TASKS[name], load_npz(p["eval"])
+    return task.score(task.predict(str(onnx_path), data), task.predict(str(p["model"]), data))
 
 
 def evaluate(name: str, onnx_path: str) -> float:
@@ -478,5 +496,6 @@ def evaluate(name: str, onnx_path: str) -> float:
     return evaluate_items(name, onnx_path).score
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "chance_level", "evaluate", "evaluate_items", "load_npz",
-           "paired_difference", "paths", "sentence_cosine", "vad_clip_feeds", "vad_speech_probs"]
+__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "agreement_items", "chance_level", "evaluate",
+           "evaluate_items", "load_npz", "paired_difference", "paths", "sentence_cosine", "vad_clip_feeds",
+           "vad_speech_probs"]

@@ -70,3 +70,42 @@ def test_a_clear_difference_is_resolved():
 def test_different_item_sets_are_refused():
     with pytest.raises(ValueError, match="not the same set"):
         zoo.paired_difference(zoo.ItemScores(np.ones(3), np.ones(3)), zoo.ItemScores(np.ones(4), np.ones(4)))
+
+
+def _linear_classifier(path, weight: np.ndarray) -> str:
+    """x [N, 4] -> logits [N, 2] = x @ weight: a stand-in for ppocr_cls with its input and output names."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_agreement_scores_a_variant_against_the_float_models_answers(tmp_path, monkeypatch):
+    """A fake ppocr_cls cache: the task score compares answers with the labels, the agreement with
+    the float model's answers (1 for float itself); both checked against NumPy."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "ppocr_cls"
+    folder.mkdir()
+    x = rng.standard_normal((300, 4)).astype(np.float32)
+    label = rng.integers(0, 2, 300)
+    np.savez(folder / "eval.npz", x=x, label=label)
+    weight = rng.standard_normal((4, 2))
+    float_path = _linear_classifier(folder / "model.onnx", weight)
+    variant = _linear_classifier(tmp_path / "variant.onnx", weight + rng.normal(0, 0.4, weight.shape))
+    monkeypatch.setattr(zoo, "CACHE_DIR", tmp_path)
+
+    ours, theirs = (x @ weight.astype(np.float32)).argmax(1), (x @ _weight_of(variant)).argmax(1)
+    assert zoo.evaluate("ppocr_cls", variant) == pytest.approx(np.mean(theirs == label))
+    assert zoo.agreement_items("ppocr_cls", variant).score == pytest.approx(np.mean(theirs == ours))
+    assert 0.5 < zoo.agreement_items("ppocr_cls", variant).score < 1.0  # the perturbation changed some answers
+    assert zoo.agreement_items("ppocr_cls", float_path).score == 1.0
+
+
+def _weight_of(path: str) -> np.ndarray:
+    from onnx import load, numpy_helper
+
+    return numpy_helper.to_array(load(path).graph.initializer[0])
