@@ -201,8 +201,9 @@ def _faster_than_float(defaults: dict[str, Row]) -> str:
 
 
 def _quality(row: Row) -> str:
-    sentence = row.get("sentence cosine (eval)", "—")
-    return (f"task score {row['task score']}, SQNR {sqnr(row['SQNR dB'])}, mean cosine {row['mean cosine']}"
+    sentence, agreement = row.get("sentence cosine (eval)", "—"), row.get("agreement with float")
+    return (f"task score {row['task score']}" + ("" if agreement is None else f", agreement with float {agreement}")
+            + f", SQNR {sqnr(row['SQNR dB'])}, mean cosine {row['mean cosine']}"
             + ("" if sentence == "—" else f", sentence cosine on the evaluation sentences {sentence}"))
 
 
