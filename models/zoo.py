@@ -8,8 +8,10 @@
     p = paths("ppocr_cls")          # {"dir", "model", "calib", "calib2", "calib_ood", "eval", "meta"}
     # (calib* are .npz files of samples, or for spec.calib_feeds models folders of feed .npz files)
     score = evaluate("ppocr_cls", str(p["model"]))   # higher is better; spec.metric names it
-    items = evaluate_items("ppocr_cls", str(p["model"]))  # the same score, per evaluation item
-    diff, low, high = paired_difference(items_a, items_b)  # a's score - b's, 95% bootstrap interval
+    ours = evaluate_items("ppocr_cls", "variant.onnx")   # the same score, per evaluation item
+    diff, low, high = paired_difference(ours, evaluate_items("ppocr_cls", str(p["model"])))
+    # the variant's score minus float's, and that difference's 95% paired bootstrap interval
+    agree = agreement_items("ppocr_cls", "variant.onnx").score  # float's answers as the labels
 
 ``evaluate`` runs any model with the float model's inputs and outputs (the float model or a
 quantized variant of it) with onnxruntime's CPUExecutionProvider and default session options.

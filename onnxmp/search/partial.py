@@ -164,8 +164,8 @@ class CutCache:
         whole, whose inner tensors would not exist). ``window_sessions`` (only where what ``prune``
         removes does not depend on what varies): a suffix also takes the feeds of every group first
         read between its cut and the next as inputs, so that one session per cut serves all the
-        groups there (a 200-layer CNN's Phase 1 made a session per group: 1.42 float passes per
-        evaluation instead of 1.07)."""
+        groups there (a 200-layer CNN's Phase 1 cost 1.42 float passes per evaluation with a
+        session per group, 1.10 with one per cut: benchmarks/results/phase1_speed.md)."""
         self.model = model
         self._prune = prune
         self._feed_groups = [g for g in feed_groups if g]
