@@ -38,6 +38,8 @@ class BenchModel:
     # mean cosine of a variant's sentence embeddings against float's on the evaluation sentences
     # (None: the model has none; zoo.sentence_cosine)
     sentence_cosine: Callable[[str], float | None] = lambda path: None
+    # the whole pipeline's score where the model is one stage of it (None: not; zoo.end_to_end_items)
+    end_to_end_items: Callable[[str], zoo.ItemScores | None] = lambda path: None
 
     def evaluate(self, path: str) -> float:
         """The task score of the file at ``path``."""
@@ -77,7 +79,8 @@ def bench_models(names: list[str] | None = None) -> list[BenchModel]:
             models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
                                      lambda p, n=name: zoo.evaluate_items(n, p),
                                      lambda p, n=name: zoo.agreement_items(n, p), feeds, zoo.chance_level(name),
-                                     lambda p, n=name: zoo.sentence_cosine(n, p)))
+                                     lambda p, n=name: zoo.sentence_cosine(n, p),
+                                     lambda p, n=name: zoo.end_to_end_items(n, p)))
     if names:
         models = [m for m in models if m.name in names]
     return models

@@ -23,7 +23,9 @@ the default metric, relative to float. Task score − uniform W8A8: the differen
 evaluation items, with its 95% paired bootstrap interval (``zoo.paired_difference``). Per model a
 note says whether each mixed point is at least as good as uniform W8A8 where that costs as much or
 more: SQNR at least uniform's, task score not below it by more than the evaluation set resolves (the
-interval's upper end at or above 0). All rows come from one run at one commit.
+interval's upper end at or above 0). Where the model is one stage of a pipeline (ppocr_det, whose
+boxes the recogniser reads), a note gives each variant's whole-pipeline score
+(``zoo.end_to_end_items``) against uniform W8A8's. All rows come from one run at one commit.
 
 Writes benchmarks/results/deploy.md (the rows of models not run this time are kept) and prints it.
 """
@@ -199,6 +201,9 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     verdict = mixed_vs_uniform(records, scores, items)
     if verdict:
         notes[f"{bench.name}/mixed vs uniform"] = verdict
+    whole = end_to_end(bench, paths)
+    if whole:
+        notes[f"{bench.name}/end to end"] = whole
     return rows, notes
 
 
@@ -225,6 +230,18 @@ def versus_uniform(items: dict[str, zoo.ItemScores], name: str) -> str:
         return "—"
     diff, low, high = zoo.paired_difference(items[name], items[UNIFORM])
     return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def end_to_end(bench, paths: dict[str, str]) -> str:
+    """Where the model is one stage of a pipeline (a text detector before the recogniser), every
+    variant's whole-pipeline score, and its difference from uniform W8A8's with the 95% interval."""
+    items = {name: bench.end_to_end_items(path) for name, path in paths.items()}
+    if any(v is None for v in items.values()):
+        return ""
+    return ("the whole OCR pipeline's character accuracy (each variant's boxes read by the float recogniser): "
+            + "; ".join(f"{name} {items[name].score:.4f}"
+                        + ("" if versus_uniform(items, name) == "—" else f" ({versus_uniform(items, name)})")
+                        for name in items))
 
 
 def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, float]],

@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import zoo  # noqa: E402  (models/zoo.py, next to this file)
+from zoo import ppocr_resize_norm  # noqa: E402,F401  (the prep modules call common.ppocr_resize_norm)
 
 REQUIREMENTS = HERE / "requirements-prep.txt"
 WHEEL_DIR = zoo.CACHE_DIR / "_wheels"
@@ -294,51 +295,6 @@ def render_line(text: str, font_path: Path, size: int, rng: np.random.Generator)
     sigma = float(rng.uniform(0.0, 6.0))
     a = a + rng.normal(0.0, sigma, size=a.shape).astype(np.float32)
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
-
-
-def cv2_resize_linear(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """``cv2.resize(img, (out_w, out_h))`` (INTER_LINEAR) for uint8 HxWxC images, in NumPy.
-
-    Same sampling grid as OpenCV (half-pixel centres, border clamping, no antialiasing); OpenCV
-    uses 11-bit fixed-point weights, so single pixels may differ by one grey level.
-    """
-    h, w = img.shape[:2]
-
-    def grid(n_out: int, n_in: int):
-        f = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        i0 = np.floor(f).astype(np.int64)
-        frac = f - i0
-        frac[i0 < 0] = 0.0
-        i0 = np.clip(i0, 0, n_in - 1)
-        frac[i0 >= n_in - 1] = 0.0
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, frac
-
-    y0, y1, fy = grid(out_h, h)
-    x0, x1, fx = grid(out_w, w)
-    src = img.astype(np.float64)
-    top = src[y0][:, x0] * (1 - fx)[None, :, None] + src[y0][:, x1] * fx[None, :, None]
-    bot = src[y1][:, x0] * (1 - fx)[None, :, None] + src[y1][:, x1] * fx[None, :, None]
-    out = top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-
-
-def ppocr_resize_norm(img: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
-    """rapidocr's ``resize_norm_img`` for the classifier and (one-image batch) recogniser.
-
-    Resize to height ``img_h`` keeping the aspect ratio (width capped at ``img_w``), HWC->CHW,
-    ``(x/255 - 0.5)/0.5``, zero-pad on the right to ``img_w``. Returns float32 [3, img_h, img_w].
-    """
-    h, w = img.shape[:2]
-    ratio = w / float(h)
-    resized_w = img_w if int(np.ceil(img_h * ratio)) > img_w else int(np.ceil(img_h * ratio))
-    r = cv2_resize_linear(img, resized_w, img_h).astype(np.float32)
-    r = r.transpose((2, 0, 1)) / 255
-    r -= 0.5
-    r /= 0.5
-    out = np.zeros((img.shape[2], img_h, img_w), dtype=np.float32)
-    out[:, :, :resized_w] = r
-    return out
 
 
 # --------------------------------------------------------------------------------------------

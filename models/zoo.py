@@ -214,6 +214,51 @@ def _same_answers(answers: np.ndarray, truth: np.ndarray) -> ItemScores:
     return ItemScores((answers == truth).astype(np.float64), np.ones(len(truth)))
 
 
+def cv2_resize_linear(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """``cv2.resize(img, (out_w, out_h))`` (INTER_LINEAR) for uint8 HxWxC images, in NumPy.
+
+    Same sampling grid as OpenCV (half-pixel centres, border clamping, no antialiasing); OpenCV
+    uses 11-bit fixed-point weights, so single pixels may differ by one grey level.
+    """
+    h, w = img.shape[:2]
+
+    def grid(n_out: int, n_in: int):
+        f = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        i0 = np.floor(f).astype(np.int64)
+        frac = f - i0
+        frac[i0 < 0] = 0.0
+        i0 = np.clip(i0, 0, n_in - 1)
+        frac[i0 >= n_in - 1] = 0.0
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, frac
+
+    y0, y1, fy = grid(out_h, h)
+    x0, x1, fx = grid(out_w, w)
+    src = img.astype(np.float64)
+    top = src[y0][:, x0] * (1 - fx)[None, :, None] + src[y0][:, x1] * fx[None, :, None]
+    bot = src[y1][:, x0] * (1 - fx)[None, :, None] + src[y1][:, x1] * fx[None, :, None]
+    out = top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def ppocr_resize_norm(img: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
+    """rapidocr's ``resize_norm_img`` for the classifier and (one-image batch) recogniser.
+
+    Resize to height ``img_h`` keeping the aspect ratio (width capped at ``img_w``), HWC->CHW,
+    ``(x/255 - 0.5)/0.5``, zero-pad on the right to ``img_w``. Returns float32 [3, img_h, img_w].
+    """
+    h, w = img.shape[:2]
+    ratio = w / float(h)
+    resized_w = img_w if int(np.ceil(img_h * ratio)) > img_w else int(np.ceil(img_h * ratio))
+    r = cv2_resize_linear(img, resized_w, img_h).astype(np.float32)
+    r = r.transpose((2, 0, 1)) / 255
+    r -= 0.5
+    r /= 0.5
+    out = np.zeros((img.shape[2], img_h, img_w), dtype=np.float32)
+    out[:, :, :resized_w] = r
+    return out
+
+
 def ctc_greedy_decode(probs: np.ndarray, charset: np.ndarray) -> list[str]:
     """rapidocr's CTCLabelDecode: argmax per step, merge repeats, drop blank (index 0)."""
     idx = probs.argmax(axis=2)
@@ -408,6 +453,40 @@ def _predict_ppocr_det(onnx_path: str, data: dict[str, np.ndarray]) -> list[np.n
     return [db_postprocess(p[0]) for p in _run_batched(_session(onnx_path), {"x": data["x"]}, batch=16)]
 
 
+def page_readings(boxes_per_page: list[np.ndarray], pages: np.ndarray,
+                  read: Callable[[np.ndarray], list[str]]) -> list[str]:
+    """Each page's text as an OCR pipeline reads it: its boxes top to bottom (then left to right),
+    each box's crop of the uint8 page [N, H, W, 3] made into a recogniser input
+    (``ppocr_resize_norm``, 48 x 320) and read by ``read`` (a batch of inputs -> texts), joined."""
+    crops, owner = [], []
+    for i, boxes in enumerate(boxes_per_page):
+        for x0, y0, x1, y1 in sorted(np.asarray(boxes, dtype=np.int64).tolist(), key=lambda b: (b[1], b[0])):
+            crops.append(ppocr_resize_norm(pages[i, y0:y1 + 1, x0:x1 + 1], 48, 320))
+            owner.append(i)
+    texts = read(np.stack(crops)) if crops else []
+    joined = [""] * len(boxes_per_page)
+    for i, text in zip(owner, texts, strict=True):
+        joined[i] += text
+    return joined
+
+
+def end_to_end_items(name: str, onnx_path: str) -> ItemScores | None:
+    """For a text detector (``ppocr_det``), the whole OCR pipeline's character accuracy per page:
+    ``onnx_path``'s boxes cropped and read by the float recogniser (``ppocr_rec``), against the
+    page's line texts (``char_items``: missed lines cost their characters, boxes on no text their
+    readings). What a detector is for in rapidocr, whatever box convention the labels follow;
+    None for the other models."""
+    if name != "ppocr_det":
+        return None
+    data, rec = load_npz(_check_prepared(name)["eval"]), _check_prepared("ppocr_rec")
+    charset, reader = load_npz(rec["eval"])["charset"], _session(str(rec["model"]))
+    pages = np.round((data["x"].transpose(0, 2, 3, 1) * 0.5 + 0.5) * 255).clip(0, 255).astype(np.uint8)
+    readings = page_readings(_predict_ppocr_det(str(onnx_path), data), pages,
+                             lambda batch: ctc_greedy_decode(_run_batched(reader, {"x": batch}, batch=32), charset))
+    truths = ["".join(str(t) for t in data["text"][data["box_page"] == i]) for i in range(len(pages))]
+    return char_items(readings, truths)
+
+
 def vad_clip_feeds(data: dict[str, np.ndarray]):
     """silero_vad's eval clips as whole feeds (one per clip, h = c = 0), with their labels."""
     off = data["offsets"]
@@ -498,6 +577,6 @@ def evaluate(name: str, onnx_path: str) -> float:
     return evaluate_items(name, onnx_path).score
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "agreement_items", "chance_level", "evaluate",
-           "evaluate_items", "load_npz", "paired_difference", "paths", "sentence_cosine", "vad_clip_feeds",
-           "vad_speech_probs"]
+__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "agreement_items", "chance_level", "end_to_end_items",
+           "evaluate", "evaluate_items", "load_npz", "page_readings", "paired_difference", "paths", "sentence_cosine",
+           "vad_clip_feeds", "vad_speech_probs"]

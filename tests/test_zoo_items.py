@@ -109,3 +109,26 @@ def _weight_of(path: str) -> np.ndarray:
     from onnx import load, numpy_helper
 
     return numpy_helper.to_array(load(path).graph.initializer[0])
+
+
+def test_pages_are_read_top_to_bottom_and_scored_by_characters():
+    """Boxes are read top to bottom, then left to right, each crop once; a missed line costs its
+    characters and a box on no text its reading (``char_items`` on the joined page texts)."""
+    pages = np.zeros((2, 64, 96, 3), dtype=np.uint8)
+    pages[0, 40:50, 10:60] = 200  # the lower line is brighter: the reader tells the crops apart by it
+    pages[0, 5:15, 10:60] = 100
+    boxes = [np.array([[10, 40, 59, 49], [10, 5, 59, 14]]), np.array([[0, 0, 30, 20]])]
+    seen = []
+
+    def read(batch: np.ndarray) -> list[str]:
+        seen.append(len(batch))
+        bright = batch[:, :, :, :8].reshape(len(batch), -1).max(axis=1)  # normalised to [-1, 1]; the left
+        # columns are the crop's own (the right ones may be padding, 0)
+        return ["low line" if b > 0.5 else "top line" if b > -0.5 else "noise" for b in bright]
+
+    readings = zoo.page_readings(boxes, pages, read)
+    assert readings == ["top linelow line", "noise"] and seen == [3]
+    items = zoo.char_items(readings, ["top line low line", ""])
+    # page 1 exact (14 characters without spaces); page 2 has no text: its 5 read characters are
+    # errors against nothing, so the pooled score is (14 - 5) / 14
+    assert items.score == pytest.approx((14 - 5) / 14)

@@ -41,14 +41,15 @@ N_EVAL_MORE = 352  # eval pages drawn after the calibration sets
 
 
 def render_page(sentences, fonts, rng: np.random.Generator):
-    """One page (uint8 BGR [H, W, 3]) and its line boxes [(x0, y0, x1, y1)], consuming sentences."""
+    """One page (uint8 BGR [H, W, 3]), its line boxes [(x0, y0, x1, y1)] and their texts,
+    consuming sentences."""
     from PIL import Image, ImageDraw, ImageFont
 
     bg = int(rng.integers(190, 256))
     ink = int(rng.integers(0, 90))
     page = Image.new("L", (PAGE_W, PAGE_H), color=bg)
     draw = ImageDraw.Draw(page)
-    boxes = []
+    boxes, texts = [], []
     y = int(rng.integers(6, 24))
     n_lines = int(rng.integers(3, 9))
     while len(boxes) < n_lines:
@@ -74,11 +75,12 @@ def render_page(sentences, fonts, rng: np.random.Generator):
         # descender, as text-line annotations are drawn), so "use" and "Typed" get equal heights
         _, lt, _, lb = draw.textbbox((x, y), "Hg", font=font)
         boxes.append((x0, min(tp, lt), r, max(b, lb)))
+        texts.append(text)
         y = b + int(rng.integers(int(0.5 * (b - tp)) + 4, int(1.5 * (b - tp)) + 8))
     a = np.asarray(page, dtype=np.float32)
     a = np.repeat(a[:, :, None], 3, axis=2)
     a = a + rng.normal(0.0, float(rng.uniform(0.0, 4.0)), size=a.shape).astype(np.float32)
-    return np.clip(np.round(a), 0, 255).astype(np.uint8), boxes
+    return np.clip(np.round(a), 0, 255).astype(np.uint8), boxes, texts
 
 
 def normalize(pages: np.ndarray) -> np.ndarray:
@@ -100,24 +102,25 @@ def build(out: Path, common, force: bool = False) -> dict:
 
     def render(n: int, first: int = 0):
         """``n`` pages, their line boxes and each box's page number (counted from ``first``)."""
-        pages, boxes, page_idx = [], [], []
+        pages, boxes, page_idx, texts = [], [], [], []
         for i in range(n):
-            img, bx = render_page(it, fonts, rng)
+            img, bx, tx = render_page(it, fonts, rng)
             pages.append(img)
             boxes += bx
+            texts += tx
             page_idx += [first + i] * len(bx)
         return (np.stack(pages), np.array(boxes, dtype=np.float32).reshape(-1, 4),
-                np.array(page_idx, dtype=np.int64))
+                np.array(page_idx, dtype=np.int64), np.array(texts))
 
     sets = {key: render(n) for key, n in (("eval", N_EVAL), ("calib", N_CALIB), ("calib2", N_CALIB))}
     common.save_npz(out / "calib.npz", x=normalize(sets["calib"][0]))
     common.save_npz(out / "calib2.npz", x=normalize(sets["calib2"][0]))
     ood = rng.uniform(-1.0, 1.0, size=(N_CALIB, 3, PAGE_H, PAGE_W)).astype(np.float32)
     common.save_npz(out / "calib_ood.npz", x=ood)
-    pages, boxes, page_idx = (np.concatenate(parts) for parts in zip(sets["eval"], render(N_EVAL_MORE, N_EVAL),
-                                                                       strict=True))
+    pages, boxes, page_idx, texts = (np.concatenate(parts) for parts in zip(sets["eval"], render(N_EVAL_MORE, N_EVAL),
+                                                                              strict=True))
     common.log(f"  eval: {len(pages)} pages, {len(boxes)} text lines")
-    common.save_npz(out / "eval.npz", x=normalize(pages), boxes=boxes, box_page=page_idx)
+    common.save_npz(out / "eval.npz", x=normalize(pages), boxes=boxes, box_page=page_idx, text=texts)
     return {
         "sha256": SHA256,
         "n_eval": len(pages),
