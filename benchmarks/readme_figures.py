@@ -179,6 +179,7 @@ def deploy(folder: str = RESULTS) -> str:
     """Per real model, what ships at the default budget on one thread, against float, onnxruntime's
     ``quantize_static`` and uniform W8A8 (where that costs as much or more)."""
     rows = read_table("deploy.md", folder=folder)
+    notes = dict(re.findall(r"^- \*\*(\S+)/end to end\*\*: (.*)$", read_text("deploy.md", folder), re.M))
     lines = [f"{source('deploy.md', folder)}, one thread:"]
     defaults = {}
     for model, mine in by_model(rows).items():
@@ -188,6 +189,8 @@ def deploy(folder: str = RESULTS) -> str:
         defaults[model] = variants["onnxmp default"]
         lines.append(_deploy_line(model, variants))
         lines += _vs_uniform(variants)
+        if model in notes:
+            lines.append(f"  - end to end: {notes[model]}.")
     lines.append(_faster_than_float(defaults))
     lines += _same_file_spread(rows)
     return "\n".join(lines)

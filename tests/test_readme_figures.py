@@ -115,7 +115,8 @@ def test_a_task_score_gap_within_the_interval_is_not_below_uniform(tmp_path):
         "m | onnxmp uniform W8A8 | 0.800 | 0.9100 | — | 20.00 | 0.99 | 0.70 | 2 QLinearConv / none | 5",
         "m | onnxmp default | 0.700 | 0.9050 | -0.0050 [-0.0120, +0.0010] | 25.00 | 0.99 | 0.60 | 1 QLinearConv / 1 Conv | 7",
         "m | onnxmp budget 0.35 | 0.600 | 0.8900 | -0.0200 [-0.0310, -0.0090] | 22.00 | 0.99 | 0.50 | 2 QLinearConv / none "
-        "| 6"])))
+        "| 6"]) + "\n- **m/end to end**: the pipeline's score: float 0.9 (+0.01 [-0.01, +0.03])\n"))
+    assert "  - end to end: the pipeline's score: float 0.9 (+0.01 [-0.01, +0.03])." in text
     assert "default (0.60× float, task score 0.9050, SQNR 25.00 dB, mean cosine 0.99, task score − uniform's " \
            "-0.0050 [-0.0120, +0.0010] at 95%): at least as good" in text
     assert "budget 0.35 (0.50× float" in text and "at 95%): **below it** in task score." in text
