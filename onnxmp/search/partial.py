@@ -221,13 +221,14 @@ class CutCache:
         return kept, values
 
     def _window_feeds(self) -> dict[int, frozenset[str]]:
-        """Per kept cut, the feeds of the groups whose first read lies between it and the next cut."""
-        none = len(self.model.graph.node)
-        starts = [min((self._first_reader.get(n, none) for n in group), default=none) for group in self._feed_groups]
-        ends = [c.position for c in self.cuts[1:]] + [none + 1]
-        return {cut.position: frozenset().union(*(g for g, s in zip(self._feed_groups, starts, strict=True)
-                                                  if cut.position <= s < end))
-                for cut, end in zip(self.cuts, ends, strict=True)}
+        """Per kept cut, the feeds of the groups whose evaluations start from it (first read
+        between it and the next cut)."""
+        windows: dict[int, frozenset[str]] = {}
+        for group in self._feed_groups:
+            cut = self.cut_before(self.start_of_change(group))
+            if cut is not None:
+                windows[cut.position] = windows.get(cut.position, frozenset()) | group
+        return windows
 
     def changed(self, feeds: dict[str, np.ndarray]) -> set[str]:
         """Names of the feeds that differ from the baseline's."""
