@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import subprocess
@@ -29,8 +30,9 @@ class BenchModel:
     metric: str
     # the task score of a file, kept per evaluation item (zoo.ItemScores; its .score is the metric)
     evaluate_items: Callable[[str], zoo.ItemScores]
-    # the same metric with the float model's answers as the labels (zoo.agreement_items)
-    agreement_items: Callable[[str], zoo.ItemScores]
+    # from one run of a file: its task score and the same metric with the float model's answers as
+    # the labels (zoo.task_scores)
+    task_scores: Callable[[str], tuple[zoo.ItemScores, zoo.ItemScores]]
     # calib is a folder of whole feeds (one .npz per feed, e.g. a sequence plus state tensors, run
     # one by one), not one .npz of samples along the first axis
     calib_feeds: bool = False
@@ -46,9 +48,12 @@ class BenchModel:
         return self.evaluate_items(path).score
 
 
+DIGITS_TEST = os.path.join(ROOT, "models", "digits", "test.npz")
+
+
 def _digits_chance() -> float:
     """Top-1 % of always answering the commonest digit of the test set."""
-    labels = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))["labels"]
+    labels = np.load(DIGITS_TEST)["labels"]
     return float(100.0 * np.bincount(labels).max() / len(labels))
 
 
@@ -56,29 +61,42 @@ DIGITS = os.path.join(ROOT, "models", "digits", "digits_cnn.onnx")
 
 
 def _digits_answers(path: str) -> np.ndarray:
-    test = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))
+    test = np.load(DIGITS_TEST)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, {"input": test["input"]})[0].argmax(1)
 
 
-def _digits_top1(path: str, truth: np.ndarray | None = None) -> zoo.ItemScores:
-    """Top-1 % per test image: 100 if right (the label, or ``truth``), 0 if wrong."""
-    if truth is None:
-        truth = np.load(os.path.join(ROOT, "models", "digits", "test.npz"))["labels"]
-    return zoo.ItemScores(100.0 * (_digits_answers(path) == truth), np.ones(len(truth)))
+def _top1(answers: np.ndarray, truth: np.ndarray) -> zoo.ItemScores:
+    """Top-1 % per test image: 100 if right, 0 if wrong."""
+    return zoo.ItemScores(100.0 * (answers == truth), np.ones(len(truth)))
+
+
+def _digits_top1(path: str) -> zoo.ItemScores:
+    return _top1(_digits_answers(path), np.load(DIGITS_TEST)["labels"])
+
+
+@functools.cache
+def _digits_float_answers() -> np.ndarray:
+    return _digits_answers(DIGITS)
+
+
+def _digits_task_scores(path: str) -> tuple[zoo.ItemScores, zoo.ItemScores]:
+    """Top-1 % against the labels and against the float model's answers, from one run of ``path``."""
+    answers = _digits_answers(path)
+    return _top1(answers, np.load(DIGITS_TEST)["labels"]), _top1(answers, _digits_float_answers())
 
 
 def bench_models(names: list[str] | None = None) -> list[BenchModel]:
     """The shipped digits CNN plus every zoo model already prepared (python models/prepare.py)."""
     models = [BenchModel("digits", DIGITS, os.path.join(ROOT, "models", "digits", "calib.npz"), "top-1 %",
-                         _digits_top1, lambda p: _digits_top1(p, _digits_answers(DIGITS)), chance=_digits_chance())]
+                         _digits_top1, _digits_task_scores, chance=_digits_chance())]
     for name, spec in zoo.MODELS.items():
         paths = zoo.paths(name)
         feeds = spec.calib_feeds
         if os.path.isfile(paths["model"]) and (os.path.isdir if feeds else os.path.isfile)(paths["calib"]):
             models.append(BenchModel(name, str(paths["model"]), str(paths["calib"]), spec.metric,
                                      lambda p, n=name: zoo.evaluate_items(n, p),
-                                     lambda p, n=name: zoo.agreement_items(n, p), feeds, zoo.chance_level(name),
+                                     lambda p, n=name: zoo.task_scores(n, p), feeds, zoo.chance_level(name),
                                      lambda p, n=name: zoo.sentence_cosine(n, p),
                                      lambda p, n=name: zoo.end_to_end_items(n, p)))
     if names:

@@ -13,7 +13,7 @@ variant's session made first, then ``--runs`` rounds that time one run of each v
 the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
 every model output against the float model's, over the calibration samples; task score: the model's
 labelled evaluator; agreement with float: the same metric with the float model's answers as the
-labels (``zoo.agreement_items``: 1 for float; no bias of the labels' convention can reward an output
+labels (``zoo.task_scores``: 1 for float; no bias of the labels' convention can reward an output
 for drifting from float's); mean cosine: per sample, between the first output and the float model's
 (for MiniLM its token states, padding positions included); sentence cosine (eval): a sentence
 encoder's embeddings against float's over its evaluation queries and documents
@@ -181,7 +181,8 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
     timed = {t: latencies({n: ort_runner(p, t) for n, p in paths.items()}, feeds, runs) for t in threads}
     on_openvino = openvino_latencies(paths, feeds, runs, notes, bench.name)
     costs = estimated_costs(records)
-    items = {name: bench.evaluate_items(path) for name, path in paths.items()}
+    scored = {name: bench.task_scores(path) for name, path in paths.items()}  # (task score, agreement)
+    differences = versus_uniform({name: task for name, (task, _) in scored.items()})
     rows, scores = [], {}
     for name, path in paths.items():
         values = outputs(path, arrays)
@@ -189,16 +190,16 @@ def run_model(bench, budgets: list[float], samples: int | None, runs: int, threa
         quality = ["float", "1"] if name == "float" else [f"{numerics.sqnr_db(reference, values):.2f}",
                                                           f"{mean_cosine(reference[0], values[0]):.4f}"]
         quality.append("—" if sentence is None else f"{sentence:.4f}")
-        scores[name] = (items[name].score, numerics.sqnr_db(reference, values))
+        scores[name] = (scored[name][0].score, numerics.sqnr_db(reference, values))
         cells = [bench.name, name, costs.get(name, "—"), f"{scores[name][0]:.4f}",
-                 versus_uniform(items, name), f"{bench.agreement_items(path).score:.4f}", *quality]
+                 interval(differences.get(name)), f"{scored[name][1].score:.4f}", *quality]
         for ms, base in [*((timed[t].get(name), timed[t]["float"]) if t in timed else (None, None) for t in (1, 2)),
                          (on_openvino.get(name), on_openvino.get("float"))]:
             cells += ["", ""] if ms is None or base is None else [f"{ms:.2f}", f"{ms / base:.2f}"]
         cells += [kernels(path), str(activation_quantizers(path)), f"{os.path.getsize(path) / 1024:.0f}"]
         rows.append(cells)
         print(" | ".join(cells), flush=True)
-    verdict = mixed_vs_uniform(records, scores, items)
+    verdict = mixed_vs_uniform(records, scores, differences)
     if verdict:
         notes[f"{bench.name}/mixed vs uniform"] = verdict
     whole = end_to_end(bench, paths)
@@ -222,13 +223,20 @@ def estimated_costs(records: dict[str, dict]) -> dict[str, str]:
     return costs
 
 
-def versus_uniform(items: dict[str, zoo.ItemScores], name: str) -> str:
-    """A variant's task score minus uniform W8A8's on the same evaluation items, with the 95% paired
+def versus_uniform(items: dict[str, zoo.ItemScores]) -> dict[str, tuple[float, float, float]]:
+    """Each variant's score minus uniform W8A8's on the same evaluation items, with the 95% paired
     bootstrap interval of that difference (``zoo.paired_difference``): where the interval reaches
     0, the evaluation set cannot tell the two apart."""
-    if name == UNIFORM or UNIFORM not in items:
+    if UNIFORM not in items:
+        return {}
+    return {name: zoo.paired_difference(score, items[UNIFORM]) for name, score in items.items() if name != UNIFORM}
+
+
+def interval(difference: tuple[float, float, float] | None) -> str:
+    """``+d [low, high]``, or "—" for none."""
+    if difference is None:
         return "—"
-    diff, low, high = zoo.paired_difference(items[name], items[UNIFORM])
+    diff, low, high = difference
     return f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
@@ -238,14 +246,14 @@ def end_to_end(bench, paths: dict[str, str]) -> str:
     items = {name: bench.end_to_end_items(path) for name, path in paths.items()}
     if any(v is None for v in items.values()):
         return ""
+    differences = versus_uniform(items)
     return ("the whole OCR pipeline's character accuracy (each variant's boxes read by the float recogniser): "
             + "; ".join(f"{name} {items[name].score:.4f}"
-                        + ("" if versus_uniform(items, name) == "—" else f" ({versus_uniform(items, name)})")
-                        for name in items))
+                        + (f" ({interval(differences[name])})" if name in differences else "") for name in items))
 
 
 def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, float]],
-                     items: dict[str, zoo.ItemScores]) -> str:
+                     differences: dict[str, tuple[float, float, float]]) -> str:
     """Whether every mixed point is at least as good as uniform W8A8 where uniform W8A8 costs as much
     or more: the issue's test of mixed precision, on the written files. SQNR must be at least
     uniform's; the task score must not be below it by more than the evaluation set resolves (the
@@ -264,10 +272,9 @@ def mixed_vs_uniform(records: dict[str, dict], scores: dict[str, tuple[float, fl
         if cost > uniform_cost + 1e-9:
             parts.append(f"{name} (cost {cost:.3f}) costs more than uniform W8A8 ({uniform_cost:.3f}): not compared")
             continue
-        _, _, high = zoo.paired_difference(items[name], items[UNIFORM])
-        ok = high >= 0 and sqnr >= u_sqnr
+        ok = differences[name][2] >= 0 and sqnr >= u_sqnr
         parts.append(f"{name} (cost {cost:.3f} ≤ uniform W8A8's {uniform_cost:.3f}): task score {score:.4f} vs "
-                     f"{u_score:.4f} (difference {versus_uniform(items, name)}), SQNR {sqnr:.2f} vs {u_sqnr:.2f} dB: "
+                     f"{u_score:.4f} (difference {interval(differences[name])}), SQNR {sqnr:.2f} vs {u_sqnr:.2f} dB: "
                      f"{'at least as good' if ok else 'WORSE'}")
     return "; ".join(parts)
 

@@ -11,7 +11,7 @@
     ours = evaluate_items("ppocr_cls", "variant.onnx")   # the same score, per evaluation item
     diff, low, high = paired_difference(ours, evaluate_items("ppocr_cls", str(p["model"])))
     # the variant's score minus float's, and that difference's 95% paired bootstrap interval
-    agree = agreement_items("ppocr_cls", "variant.onnx").score  # float's answers as the labels
+    task, agree = task_scores("ppocr_cls", "variant.onnx")  # against the labels, and float's answers
 
 ``evaluate`` runs any model with the float model's inputs and outputs (the float model or a
 quantized variant of it) with onnxruntime's CPUExecutionProvider and default session options.
@@ -561,13 +561,27 @@ def evaluate_items(name: str, onnx_path: str) -> ItemScores:
     return task.score(task.predict(str(onnx_path), data), task.truth(data))
 
 
-def agreement_items(name: str, onnx_path: str) -> ItemScores:
-    """The task's metric with the float model's answers as the labels: how closely ``onnx_path``
-    does what the float model does on the evaluation set (1 for the float model itself). Unlike the
-    task score, no bias of the labels' convention can reward an output for drifting from float's."""
+# the float model's answers on its evaluation set, by model file: made once per process
+_FLOAT_ANSWERS: dict[str, object] = {}
+
+
+def task_scores(name: str, onnx_path: str) -> tuple[ItemScores, ItemScores]:
+    """From one run of ``onnx_path`` over the evaluation set: its task score (``evaluate_items``)
+    and its agreement with float, the task's metric with the float model's answers as the labels
+    (1 for the float model itself). Unlike the task score, no bias of the labels' convention can
+    reward an output for drifting from float's."""
     p = _check_prepared(name)
     task, data = _TASKS[name], load_npz(p["eval"])
-    return task.score(task.predict(str(onnx_path), data), task.predict(str(p["model"]), data))
+    model = str(p["model"])
+    if model not in _FLOAT_ANSWERS:
+        _FLOAT_ANSWERS[model] = task.predict(model, data)
+    answers = task.predict(str(onnx_path), data)
+    return task.score(answers, task.truth(data)), task.score(answers, _FLOAT_ANSWERS[model])
+
+
+def agreement_items(name: str, onnx_path: str) -> ItemScores:
+    """``onnx_path``'s agreement with the float model (``task_scores``), per evaluation item."""
+    return task_scores(name, onnx_path)[1]
 
 
 def evaluate(name: str, onnx_path: str) -> float:
@@ -578,5 +592,5 @@ def evaluate(name: str, onnx_path: str) -> float:
 
 
 __all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "agreement_items", "chance_level", "end_to_end_items",
-           "evaluate", "evaluate_items", "load_npz", "page_readings", "paired_difference", "paths", "sentence_cosine",
+           "evaluate", "evaluate_items", "load_npz", "page_readings", "paired_difference", "paths", "sentence_cosine", "task_scores",
            "vad_clip_feeds", "vad_speech_probs"]
