@@ -198,9 +198,9 @@ def test_phase2_points_from_cached_cuts_measure_as_whole_graph_runs(cnn_path, tm
     from onnxmp.search import partial
 
     events = []
-    build, run = partial.CutCache.__init__, partial.CutCache.run
+    build, run = partial.CutCache.__init__, partial.CutCache.batches
     monkeypatch.setattr(partial.CutCache, "__init__", lambda self, *a, **k: events.append("cache") or build(self, *a, **k))
-    monkeypatch.setattr(partial.CutCache, "run", lambda self, *a: events.append("run") or run(self, *a))
+    monkeypatch.setattr(partial.CutCache, "batches", lambda self, *a: events.append("run") or run(self, *a))
     config = classic(calib=str(tmp_path / "calib.npz"), budget=0.35, refine_ranges=False)
     cut = optimize(str(cnn_path), None, config).record
     assert events.count("cache") == 2  # Phase 1's (all-highest) and Phase 2's (the budget choice)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -74,3 +75,38 @@ def test_sqnr_is_infinite_for_exact_and_20db_for_a_tenth():
     ref = [np.ones(100, np.float32)]
     assert numerics.sqnr_db(ref, ref) >= 199
     assert abs(numerics.sqnr_db(ref, [np.full(100, 1.1, np.float32)]) - 20.0) < 1e-4
+
+
+def test_noise_meter_fed_run_by_run_matches_float64_numpy():
+    """Outputs that arrive a run at a time (runs of odd sizes, chunk edges inside them) give the
+    float64 NumPy noise ratio: the reference's NaN/Inf are left out, a non-finite test value
+    where the reference is finite makes the noise infinite, and values whose squares overflow
+    float32 still count."""
+    rng = np.random.default_rng(5)
+    ref = [rng.standard_normal(200_003).astype(np.float32), (rng.standard_normal(7_000) * 1e3).astype(np.float32)]
+    ref[0][[3, 150_000]] = [np.nan, np.inf]
+    test = [r + (rng.standard_normal(r.size) * 0.01).astype(np.float32) for r in ref]
+    test[0][3] = np.inf  # masked by the reference
+    test[1][10] = 3e30  # its square overflows float32
+
+    def expected(reference, outputs):
+        ratios = []
+        for r, t in zip(reference, outputs):
+            keep = np.isfinite(r)
+            d = r[keep].astype(np.float64) - t[keep].astype(np.float64)
+            ratios.append((d ** 2).sum() / (r[keep].astype(np.float64) ** 2).sum())
+        return np.mean(ratios)
+
+    meter = numerics.NoiseMeter(ref)
+    bounds = [0, 1, 65_537, 131_072, 200_003]
+    for a, b in zip(bounds, bounds[1:]):
+        meter.add([test[0][a:b], test[1][a * 7_000 // 200_003:b * 7_000 // 200_003]])
+    assert meter.ratio() == pytest.approx(expected(ref, test), rel=1e-6)
+    assert numerics.noise_ratio(ref, test) == pytest.approx(expected(ref, test), rel=1e-6)
+    broken = [test[0].copy(), test[1]]
+    broken[0][7] = np.nan
+    assert not np.isfinite(numerics.noise_ratio(ref, broken))
+    with pytest.raises(ValueError, match="fewer values"):
+        short = numerics.NoiseMeter(ref)
+        short.add([test[0][:10], test[1][:10]])
+        short.ratio()

@@ -68,8 +68,8 @@ def test_flips_run_from_cached_cuts_and_agree_with_whole_graph_runs(monkeypatch)
     assignment = {g.gid: Candidate.parse("W8A8") for g in analysis.plan.groups}
     table = {(s.gid, s.candidate): s.nsr for s in analysis.sensitivities}
     runs = []
-    original = partial.CutCache.run
-    monkeypatch.setattr(partial.CutCache, "run", lambda self, *a: runs.append(a[0].position) or original(self, *a))
+    original = partial.CutCache.batches
+    monkeypatch.setattr(partial.CutCache, "batches", lambda self, *a: runs.append(a[0].position) or original(self, *a))
     refinement = refine_ranges(sim, assignment, table)
     assert refinement.evaluations >= 3 and len(runs) == refinement.evaluations
     assert sim._partial is None  # dropped: later evaluations run whole

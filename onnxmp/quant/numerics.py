@@ -153,15 +153,56 @@ def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray], signal: lis
     alike); additive when independent noise sources combine, which Phase 2 relies on. Where the
     reference itself is NaN or Inf (a fully masked row) there is nothing to compare. ``signal``:
     ``signal_powers(reference)``, for a caller that compares many outputs with one reference."""
-    signal = signal_powers(reference) if signal is None else signal
-    ratios = []
-    for ref, out, power in zip(reference, test, signal, strict=True):
+    meter = NoiseMeter(reference, signal)
+    meter.add(test)
+    return meter.ratio()
+
+
+class NoiseMeter:
+    """``noise_ratio`` over outputs that arrive a run at a time: each run's values are compared
+    with their slice of the (flattened, concatenated) reference as they come, so an evaluation
+    never holds or copies its whole output (ppocr_rec's logits: 17M values per evaluation)."""
+
+    def __init__(self, reference: list[np.ndarray], signal: list[float] | None = None) -> None:
+        self._reference = [np.asarray(ref, np.float32).reshape(-1) for ref in reference]
+        self._signal = signal_powers(reference) if signal is None else signal
+        self._noise = [0.0] * len(reference)
+        self._filled = [0] * len(reference)
+
+    def add(self, values: list[np.ndarray]) -> None:
+        """One run's values of every output, in the reference's order."""
+        for i, (ref, value) in enumerate(zip(self._reference, values, strict=True)):
+            flat = np.asarray(value, np.float32).reshape(-1)
+            start = self._filled[i]
+            if start + flat.size > ref.size:
+                raise ValueError(f"output {i}: more values ({start + flat.size}) than the reference holds ({ref.size})")
+            self._noise[i] += squared_error(ref[start:start + flat.size], flat)
+            self._filled[i] = start + flat.size
+
+    def ratio(self) -> float:
+        short = [i for i, ref in enumerate(self._reference) if self._filled[i] != ref.size]
+        if short:
+            raise ValueError(f"outputs {short}: fewer values than the reference holds")
+        return float(np.mean([noise / max(power, _TINY) for noise, power in zip(self._noise, self._signal, strict=True)]))
+
+
+def squared_error(reference: np.ndarray, test: np.ndarray, chunk: int = 1 << 16) -> float:
+    """Σ (reference − test)² over the reference's finite values, a cache-sized chunk at a time
+    (float32 differences summed per chunk, the chunks in float64): 4x faster than one float64 pass.
+    A chunk whose sum is not finite is summed again in float64 without the reference's NaN/Inf
+    (still Inf where the test alone is not finite: a broken output must not look exact)."""
+    buffer = np.empty(min(chunk, reference.size), np.float32)
+    total = 0.0
+    for start in range(0, reference.size, chunk):
+        ref, out = reference[start:start + chunk], test[start:start + chunk]
+        diff = buffer[:ref.size]
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where the reference is masked anyway
-            diff = np.subtract(ref, out, dtype=np.float32)
-        if not np.isfinite(diff).all():  # only where the reference is finite
-            diff = diff[np.isfinite(ref)]
-        ratios.append(_sum_squares(diff) / max(power, _TINY))
-    return float(np.mean(ratios))
+            np.subtract(ref, out, out=diff)
+            part = float(np.dot(diff, diff))
+        if not np.isfinite(part):
+            part = _sum_squares(diff[np.isfinite(ref)])
+        total += part
+    return total
 
 
 def signal_powers(reference: list[np.ndarray]) -> list[float]:

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -106,16 +106,27 @@ def run_session(session: ort.InferenceSession, names: list[str], feeds: dict[str
         raise ModelError(f"onnxruntime failed running the model: {str(exc).strip().splitlines()[0]}") from exc
 
 
-def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
-             extra_feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    """Run every sample; each output's values over all runs, flattened and concatenated."""
-    chunks: list[list[np.ndarray]] = [[] for _ in output_names]
+def run_batches(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
+                extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[list[np.ndarray]]:
+    """Run every sample, a run at a time: each run's outputs, flattened float32."""
     for feeds in data.feeds():
         if extra_feeds:
             feeds = {**feeds, **extra_feeds}
-        results = run_session(session, output_names, feeds)
-        for store, value in zip(chunks, results, strict=True):
-            store.append(np.asarray(value, dtype=np.float32).reshape(-1))
+        yield [np.asarray(value, dtype=np.float32).reshape(-1) for value in run_session(session, output_names, feeds)]
+
+
+def run_over(session: ort.InferenceSession, data: CalibrationSet, output_names: list[str],
+             extra_feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run every sample; each output's values over all runs, flattened and concatenated."""
+    return concatenate_runs(run_batches(session, data, output_names, extra_feeds), len(output_names))
+
+
+def concatenate_runs(runs: Iterable[list[np.ndarray]], count: int) -> list[np.ndarray]:
+    """Each of ``count`` outputs' values over ``runs``, concatenated."""
+    chunks: list[list[np.ndarray]] = [[] for _ in range(count)]
+    for values in runs:
+        for store, value in zip(chunks, values, strict=True):
+            store.append(value)
     return [np.concatenate(store) for store in chunks]
 
 

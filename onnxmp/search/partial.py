@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -285,22 +285,19 @@ class CutCache:
             self._bake_budget += self._sessions.popitem(last=False)[1].baked_bytes
         return made
 
-    def run(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> list[np.ndarray]:
-        """The observed tensors over the calibration set, computed from ``cut`` on (``changed``:
-        the feeds that differ from the baseline). Observed tensors made before the cut come
-        from the cache."""
+    def batches(self, cut: Cut, feeds: dict[str, np.ndarray], changed: set[str]) -> Iterator[list[np.ndarray]]:
+        """The observed tensors, a calibration batch at a time (flattened float32), computed from
+        ``cut`` on (``changed``: the feeds that differ from the baseline). Observed tensors made
+        before the cut come from the cache."""
         produced = self._produced_by_position.get(cut.position)
         if produced is None:
             produced = self._produced_by_position[cut.position] = {
                 o for node in list(self.model.graph.node)[cut.position:] for o in node.output}
         computed = [name for name in self.observed if name in produced]
         suffix = self._suffix(cut, changed, computed)
-        session = suffix.session
         params = {k: v for k, v in feeds.items() if k in suffix.inputs}
-        chunks: list[list[np.ndarray]] = [[] for _ in self.observed]
         for cached in self.values[cut.position]:
-            got = dict(zip(computed, run_session(session, computed, {**cached, **params}), strict=True)) if computed else {}
-            for store, name in zip(chunks, self.observed, strict=True):
-                value = got[name] if name in got else cached[name]
-                store.append(np.asarray(value, dtype=np.float32).reshape(-1))
-        return [np.concatenate(store) for store in chunks]
+            got = dict(zip(computed, run_session(suffix.session, computed, {**cached, **params}), strict=True)) \
+                if computed else {}
+            yield [np.asarray(got[name] if name in got else cached[name], dtype=np.float32).reshape(-1)
+                   for name in self.observed]
