@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -91,7 +93,7 @@ def test_noise_meter_fed_run_by_run_matches_float64_numpy():
 
     def expected(reference, outputs):
         ratios = []
-        for r, t in zip(reference, outputs):
+        for r, t in zip(reference, outputs, strict=True):
             keep = np.isfinite(r)
             d = r[keep].astype(np.float64) - t[keep].astype(np.float64)
             ratios.append((d ** 2).sum() / (r[keep].astype(np.float64) ** 2).sum())
@@ -99,7 +101,7 @@ def test_noise_meter_fed_run_by_run_matches_float64_numpy():
 
     meter = numerics.NoiseMeter(ref)
     bounds = [0, 1, 65_537, 131_072, 200_003]
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         meter.add([test[0][a:b], test[1][a * 7_000 // 200_003:b * 7_000 // 200_003]])
     assert meter.ratio() == pytest.approx(expected(ref, test), rel=1e-6)
     assert numerics.noise_ratio(ref, test) == pytest.approx(expected(ref, test), rel=1e-6)
