@@ -5,11 +5,12 @@
 
 Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate); onnxmp
 with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5, or where
-that is below reach the most accurate point within ``pipeline.LATENCY_RESOLUTION`` of the cheapest); onnxmp at each ``--budgets`` budget; onnxruntime's
-``quantize_static`` W8A8 (QDQ, per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample
-(the first calibration sample, batch axis kept), default session options but the thread count, every
-variant's session made first, then ``--runs`` rounds that time one run of each variant in turn
-(interleaved, so a noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in
+that is below reach the most accurate point within ``pipeline.LATENCY_RESOLUTION`` of the
+cheapest); onnxmp at each ``--budgets`` budget; onnxruntime's ``quantize_static`` W8A8 (QDQ,
+per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample (the first calibration
+sample, batch axis kept), default session options but the thread count, every variant's session
+made first, then ``--runs`` rounds (more where they would take under ``MIN_SECONDS``) that time one
+run of each variant in turn (interleaved, so a noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in
 the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
 every model output against the float model's, over the calibration samples; task score: the model's
 labelled evaluator; agreement with float: the same metric with the float model's answers as the
@@ -36,6 +37,7 @@ import argparse
 import collections
 import dataclasses
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -60,6 +62,7 @@ INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGem
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
 UNIFORM = "onnxmp uniform W8A8"
+MIN_SECONDS = 3.0  # per latency table: rounds are added until they take this long
 HEADER = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]",
           "agreement with float", "SQNR dB", "mean cosine", "sentence cosine (eval)",
           "ms (1 thread)", "× float",
@@ -104,13 +107,17 @@ def openvino_runner(path: str) -> Callable[[dict[str, np.ndarray]], object]:
 
 
 def latencies(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], feeds: dict[str, np.ndarray],
-              runs: int) -> dict[str, float]:
-    """Median milliseconds of one run per variant, interleaved."""
+              runs: int, min_seconds: float = MIN_SECONDS) -> dict[str, float]:
+    """Median milliseconds of one run per variant, interleaved: ``runs`` rounds, or as many as
+    fill ``min_seconds`` where rounds are quicker (digits runs in 0.04 ms, where 30 rounds on this
+    shared machine put its quantized files at 0.74x float in one run and 0.99x in another)."""
+    start = time.perf_counter()
     for run in runners.values():  # warm up
         for _ in range(3):
             run(feeds)
+    rounds = max(runs, math.ceil(min_seconds / max((time.perf_counter() - start) / 3, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(runs):
+    for _ in range(rounds):
         for name, run in runners.items():
             start = time.perf_counter()
             run(feeds)
@@ -299,7 +306,8 @@ def main() -> None:
     caption = (f"# Deployment on onnxruntime CPU: latency, accuracy and kernels of the written files\n\n"
                f"Measured by `{' '.join(['python benchmarks/deploy_table.py', *sys.argv[1:]])}`"
                f" at {git_state()}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. One sample per run, "
-               f"median of {args.runs} interleaved runs; × float: the variant's time over the float model's in the same "
+               f"median of {args.runs} interleaved runs (more where {args.runs} take under {MIN_SECONDS:g} s: as many as "
+               f"fill it); × float: the variant's time over the float model's in the same "
                "run; OpenVINO: the same files on OpenVINO's CPU plugin (one thread, one stream, its default inference "
                "precision), × float against the float model there; SQNR of every output against float over the "
                "calibration samples; mean cosine: per calibration sample, between the first output and float's (for "
