@@ -322,7 +322,10 @@ def cold_speed(folder: str = RESULTS) -> str:
                 + (f", was {was['onnxmp total s']} s ({was['onnxmp / NNCF']})" if was else "")
                 + f"; task score {q['onnxmp score']}, SQNR {sqnr(q['onnxmp SQNR dB'])}"
                 + (f" (was {was_q['onnxmp score']}, {sqnr(was_q['onnxmp SQNR dB'])})" if was_q else "")
-                + f"; NNCF {q['NNCF score']}, {sqnr(q['NNCF SQNR dB'])}.")
+                + f"; NNCF {q['NNCF score']}, {sqnr(q['NNCF SQNR dB'])}"
+                + "".join(f"; cached rerun at budget {k.split()[3]}: {v} s ({row['cached rerun / cold']} the cold run)"
+                          for k, v in row.items() if k.startswith("cached rerun at "))
+                + ".")
         lines.append(text)
     return "\n".join(lines)
 
