@@ -4,13 +4,13 @@
                                       [--runs 30] [--threads 1,2]
 
 Per real model, one row each for: the float model; onnxmp uniform W8A8 (its only candidate); onnxmp
-with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5, or where
-that is below reach the most accurate point within ``pipeline.LATENCY_RESOLUTION`` of the
-cheapest); onnxmp at each ``--budgets`` budget; onnxruntime's ``quantize_static`` W8A8 (QDQ,
-per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample (the first calibration
-sample, batch axis kept), default session options but the thread count, every variant's session
-made first, then ``--runs`` rounds (more where they would take under ``MIN_SECONDS``) that time one
-run of each variant in turn (interleaved, so a noisy neighbour hits all alike); the median. ``kernels``: the integer kernels in
+with default options (``--target ort``: candidates W8A8,FP32, latency metric, budget 0.5 or the
+cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onnxruntime's
+``quantize_static`` W8A8 (QDQ, per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample
+(the first calibration sample, batch axis kept), default session options but the thread count, every
+variant's session made first, then ``--runs`` rounds (more where they would take under
+``MIN_SECONDS``) that time one run of each variant in turn (interleaved, so a noisy neighbour hits
+all alike); the median. ``kernels``: the integer kernels in
 the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
 every model output against the float model's, over the calibration samples; task score: the model's
 labelled evaluator; agreement with float: the same metric with the float model's answers as the

@@ -21,7 +21,7 @@ import onnxmp
 from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.model.files import check_writable
-from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, LATENCY_RESOLUTION, Inspection, OptimizeConfig, analyze, inspect_model, optimize
+from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, Inspection, OptimizeConfig, analyze, inspect_model, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.quant.cost import METRIC_HELP, METRICS
@@ -114,9 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("output", help="where to write the QDQ model")
     opt.add_argument("--budget", type=float, default=None,
                      help="cost budget as a fraction of the all-highest-candidate cost (default 0.5, or the cheapest "
-                          "assignment where the target cannot go that low; under the latency metric, the most "
-                          f"accurate one within {LATENCY_RESOLUTION:g} of it, which this machine's layer timings "
-                          "do not tell apart)")
+                          "assignment where the target cannot go that low)")
     opt.add_argument("--metric", choices=METRICS, default=None,
                      help="cost metric (default: the target's, latency on ort, bops elsewhere): " + METRIC_HELP)
     opt.add_argument("--target-drop", help="instead of a budget: the largest allowed drop of the evaluator's "

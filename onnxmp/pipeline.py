@@ -58,11 +58,6 @@ Progress = Callable[[str, int, int, str], None]
 PRECISE_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 HELD_BACK_FRACTION = 0.25
 DEFAULT_BUDGET = 0.5
-# Relative latency cost within which two assignments count as equally fast: where the budget is
-# below reach, the most accurate point this close to the cheapest is taken. ppocr_rec's cheapest
-# point cost 0.392 and 0.408 of float's time in two deploy_table runs (layers near a ratio of 1
-# flip), at 18.7 and 10.7 dB there; in a third run 0.396 at 20.7 dB, and 0.415 at 23.9 dB.
-LATENCY_RESOLUTION = 0.02
 # Phase 1 ranks groups on this many calibration samples (spread over the set; 0: all), where each
 # evaluation costs about one float pass over them; calibration, the measured points and the
 # output's SQNR use every sample. All by default: in benchmarks/phase1_subset.py (5a65f8e), 16
@@ -503,25 +498,17 @@ def _choose_for_budget(curve: ParetoCurve, config: OptimizeConfig, table: dict,
     """The budget's choice, and the config with the budget used. Where the budget is below what
     the target can run, the cheapest assignment, with a warning, when no budget was given or the
     metric is measured on this machine (latency: how low a model can go depends on its kernels
-    here, so the same command must not fail on one machine and pass on another); else an error.
-    Under latency, the most accurate point within ``LATENCY_RESOLUTION`` of the cheapest: which
-    layers time faster quantized near a ratio of 1 changes between runs, and the last of them
-    can cost far more accuracy than the time they save."""
+    here, so the same command must not fail on one machine and pass on another); else an error."""
     try:
         return choose_for_budget(curve, config.budget, table, group_cost), config
     except BudgetTooLowError as exc:
         if not (config.budget_is_default or config.metric == "latency"):
             raise
-        if config.metric == "latency":
-            budget = min(1.0, exc.cheapest + LATENCY_RESOLUTION)
-            taking = f"taking the most accurate assignment within {LATENCY_RESOLUTION:g} of it (what layer timings resolve)"
-        else:
-            budget, taking = exc.cheapest, "taking the cheapest"
         where = " on this machine" if config.metric == "latency" else ""
         logger.warning("the budget %g is below the cheapest assignment on --target %s (%.3f of the most precise "
-                       "one's %s%s); %s", config.budget, config.target, exc.cheapest, config.metric, where, taking)
-        config = dataclasses.replace(config, budget=budget)
-        return choose_for_budget(curve, budget, table, group_cost), config
+                       "one's %s%s); taking the cheapest", config.budget, config.target, exc.cheapest, config.metric, where)
+        config = dataclasses.replace(config, budget=exc.cheapest)
+        return choose_for_budget(curve, exc.cheapest, table, group_cost), config
 
 
 def _family_curves(analysis: Analysis, families: tuple[tuple[Candidate, ...], ...], table: dict,
