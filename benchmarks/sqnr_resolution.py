@@ -62,10 +62,8 @@ def stand_in_sqnrs(analysis, assignment, count: int) -> list[float]:
     picked = [floating[i] for i in np.unique(np.linspace(0, len(floating) - 1, min(count, len(floating))).round().astype(int))] \
         if floating else []
     sqnrs = []
-    for name in picked:  # the whole-graph session that keeps only this float activation's quantizer
-        session, inputs = sim._whole_session(float_acts - {name})
-        feeds = {**sim.feeds_for(assignment), **sim.activation_feeds(name, FLOAT_PROXY_BITS, "minmax")}
-        got = run_over(session, sim.data, sim.observed, {k: v for k, v in feeds.items() if k in inputs})
+    for name in picked:  # the whole graph, keeping only this float activation's quantizer
+        got = sim.whole_outputs(assignment, sim.activation_feeds(name, FLOAT_PROXY_BITS, "minmax"), frozenset({name}))
         sqnrs.append(numerics.sqnr_db(sim.reference, got))
     return sqnrs
 

@@ -188,7 +188,7 @@ def test_suffix_sessions_do_not_depend_on_what_was_measured_before(tmp_path):
             used = []
             cache._suffix = lambda *a: used.append(make(*a)) or used[-1]  # noqa: B023
             nsr[g.gid] = sim.nsr({**baseline, g.gid: lowest})
-            made[g.gid] = [(s.varying, s.inputs) for s in used]
+            made[g.gid] = [(s.inputs, s.baked_bytes) for s in used]
         sim.drop_baseline()
         return made, nsr
 
@@ -330,3 +330,20 @@ def test_float_baseline_suffixes_run_from_cuts(ort_engines):
         sim.drop_baseline()
     for a, b in zip(whole, partial, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_float_activation_kept_behind_a_16_bit_stand_in_measures_near_float(ort_engines):
+    """``whole_outputs`` with one float activation's quantizer kept and fed a 16-bit min/max grid:
+    far below the signal (what sqnr_resolution.py measures), yet not the float graph's exact values;
+    with nothing kept, the float point's own outputs."""
+    from onnxmp.search.simulate import FLOAT_PROXY_BITS
+
+    analysis = ort_engines["whole"]
+    sim = analysis.simulator
+    float_all = {g.gid: Candidate.parse("FP32") for g in analysis.plan.groups}
+    name = next(iter(analysis.plan.activations))
+    plain = sim.whole_outputs(float_all)
+    for got, want in zip(plain, sim.outputs(float_all), strict=True):
+        np.testing.assert_array_equal(got, want)
+    kept = sim.whole_outputs(float_all, sim.activation_feeds(name, FLOAT_PROXY_BITS, "minmax"), frozenset({name}))
+    assert 60 < numerics.sqnr_db(sim.reference, kept) < numerics.sqnr_db(sim.reference, plain)

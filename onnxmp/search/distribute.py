@@ -18,27 +18,29 @@ from onnxmp.search.simulate import Simulator
 
 
 class GroupMeasurer:
-    """A simulator holding the baseline's cut cache, measuring one group per call."""
+    """Measures one group per call against the all-highest baseline (``baseline``), from the
+    baseline's cut cache where the simulator holds one."""
 
-    def __init__(self, simulator: Simulator, allowed: dict[int, tuple[Candidate, ...]], base_nsr: float,
-                 max_memory: int | None) -> None:
+    def __init__(self, simulator: Simulator, allowed: dict[int, tuple[Candidate, ...]], base_nsr: float) -> None:
         self.simulator = simulator
         self.allowed = allowed
         self.base_nsr = base_nsr
         self.groups = {g.gid: g for g in simulator.plan.groups}
         highest = next(iter(allowed.values()))[-1]
-        budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-        if budget > 0:  # --max-memory 0: every evaluation runs the whole graph
-            simulator.keep_baseline({g: highest for g in self.groups}, budget)
+        self.baseline = {gid: highest for gid in self.groups}
 
     def __call__(self, gid: int) -> GroupResult:
         return measure_group(self.simulator, self.groups[gid], self.allowed[gid], self.base_nsr)
 
 
 def measurer_from_payload(payload: bytes) -> GroupMeasurer:
-    """A worker's measurer, from what ``measure_groups`` pickled (the executor's ``setup``)."""
+    """A worker's measurer, from what ``measure_groups`` pickled (the executor's ``setup``); its
+    cut cache lives as long as the worker (--max-memory 0: every evaluation runs the whole graph)."""
     ingredients, allowed, base_nsr, max_memory = pickle.loads(payload)
-    return GroupMeasurer(Simulator(*ingredients), allowed, base_nsr, max_memory)
+    measurer = GroupMeasurer(Simulator(*ingredients), allowed, base_nsr)
+    if max_memory > 0:
+        measurer.simulator.keep_baseline(measurer.baseline, max_memory)
+    return measurer
 
 
 def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...],
@@ -46,18 +48,17 @@ def measure_groups(simulator: Simulator, groups: tuple[QuantizerGroup, ...],
                    progress: Progress | None = None, backend: str = "local") -> list[GroupResult]:
     """Every group's Phase 1 results, in group order (``allowed``: each group's candidates)."""
     total = len(groups)
+    memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     if workers <= 1 and backend == "local":
-        measurer = GroupMeasurer(simulator, allowed, base_nsr, max_memory)
-        try:
-            results = []
+        measurer = GroupMeasurer(simulator, allowed, base_nsr)
+        results = []
+        with simulator.from_cuts_of(measurer.baseline, memory):
             for done, group in enumerate(groups, 1):
                 results.append(measurer(group.gid))
                 if progress:
                     progress(done, total, group.label)
-            return results
-        finally:
-            simulator.drop_baseline()
-    share = (max_memory if max_memory is not None else DEFAULT_MAX_MEMORY) // max(1, workers)  # a total budget
+        return results
+    share = memory // max(1, workers)  # a total budget
     payload = pickle.dumps((simulator.ingredients(), allowed, base_nsr, share))
     labels = {g.gid: g.label for g in groups}
     results = map_with_state(measurer_from_payload, payload, [g.gid for g in groups], workers, backend,

@@ -132,7 +132,6 @@ class _Suffix:
     """A suffix session and the parameter feeds it takes as inputs (the rest are baked in)."""
 
     session: object
-    varying: frozenset[str]
     baked_bytes: int
     inputs: frozenset[str]
 
@@ -280,7 +279,7 @@ class CutCache:
         if self._prune is not None:
             model, _ = self._prune(model, varying)
         session = make_session(model, keep_float_weights=True)
-        made = self._sessions[key] = _Suffix(session, varying, baked, frozenset(i.name for i in session.get_inputs()))
+        made = self._sessions[key] = _Suffix(session, baked, frozenset(i.name for i in session.get_inputs()))
         while len(self._sessions) > SUFFIX_SESSIONS:
             self._bake_budget += self._sessions.popitem(last=False)[1].baked_bytes
         return made

@@ -27,7 +27,7 @@ from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 from onnxmp.quant.params import QuantParams
 from onnxmp.runtime.data import CalibrationSet
-from onnxmp.runtime.session import concatenate_runs, make_session, observed_tensors, run_batches
+from onnxmp.runtime.session import concatenate_runs, make_session, observed_tensors, run_batches, run_over
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY, CutCache
 
 logger = logging.getLogger(__name__)
@@ -292,6 +292,15 @@ class Simulator:
         session, inputs = self._whole_session(self.float_activations(assignment))
         return _fill(sink(), run_batches(session, self.data, self.observed,
                                          {k: v for k, v in feeds.items() if k in inputs}))
+
+    def whole_outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None,
+                      keep_quantizers: frozenset[str] = frozenset()) -> list[np.ndarray]:
+        """Model outputs over the whole graph, never from a cut, with the quantizers of
+        ``keep_quantizers`` left in the graph where ``assignment`` leaves them float (their
+        parameters from ``overrides``): how a stand-in for float measures (sqnr_resolution.py)."""
+        feeds = {**self.feeds_for(assignment), **(overrides or {})}
+        session, inputs = self._whole_session(self.float_activations(assignment) - keep_quantizers)
+        return run_over(session, self.data, self.observed, {k: v for k, v in feeds.items() if k in inputs})
 
     def float_activations(self, assignment: Assignment) -> frozenset[str]:
         """The activations whose group ``assignment`` leaves float: no quantizer in the run."""
