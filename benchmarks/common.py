@@ -186,7 +186,7 @@ def publish_merged(name: str, caption: str, header: list[str], rows: list[list[s
             text = handle.read()
         for line in text.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if (line.startswith("| ") and len(cells) == len(header) and cells != header
+            if (line.startswith("| ") and len(cells) == len(header) and cells != [h.strip() for h in header]
                     and tuple(cells[:key_cells]) not in rerun):
                 old_rows.append(cells)
         old_notes = {a: b for a, b in re.findall(r"^- \*\*(\S+)\*\*: (.*)$", text, re.M) if a not in renoted}
