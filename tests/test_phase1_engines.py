@@ -347,3 +347,23 @@ def test_a_float_activation_kept_behind_a_16_bit_stand_in_measures_near_float(or
         np.testing.assert_array_equal(got, want)
     kept = sim.whole_outputs(float_all, sim.activation_feeds(name, FLOAT_PROXY_BITS, "minmax"), frozenset({name}))
     assert 60 < numerics.sqnr_db(sim.reference, kept) < numerics.sqnr_db(sim.reference, plain)
+
+
+def test_workers_from_a_script_without_a_main_guard_finish(tmp_path):
+    """A user's script that calls optimize(..., workers=2) at module level: spawned workers must
+    not run the script again (multiprocessing refuses that inside a worker, and the pool then
+    waited for them forever); the script runs once and finishes."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from onnxmp import OptimizeConfig, optimize\n"
+        "print('started', flush=True)\n"
+        f"optimize({os.path.abspath(DIGITS)!r}, {str(tmp_path / 'out.onnx')!r}, OptimizeConfig(\n"
+        f"    calib={os.path.abspath('models/digits/calib.npz')!r}, cache_dir=None, workers=2, metric='bops'))\n"
+        "print('finished', flush=True)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["started", "finished"]

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -38,8 +39,9 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Iterat
     saved = {name: os.environ.get(name) for name in limits}
     os.environ.update(limits)
     try:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=initializer, initargs=initargs) as pool:
+        with _main_not_rerun(), concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+                initargs=initargs) as pool:
             yield pool
     finally:
         for name, value in saved.items():
@@ -47,6 +49,27 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> Iterat
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Meanwhile, a spawned process does not run the caller's main script first (as it does for
+    an interactive session): every worker task is in onnxmp's modules, and a script calling
+    ``optimize(..., workers=2)`` without an ``if __name__ == "__main__":`` guard would start its
+    whole run again in each worker, which multiprocessing refuses there, while the pool waited for
+    those workers forever."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def parallel_map(fn: Callable[..., T], jobs: list[tuple], workers: int) -> Iterator[T]:
