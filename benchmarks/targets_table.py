@@ -52,7 +52,9 @@ def _placement(check: dict | None) -> str:
             f"{other} activation×activation layer(s) not integer; inference precision {check['inference_precision']}")
 
 
-def run(bench, target: str, calib: str) -> list[str]:
+def run(bench, target: str, calib: str) -> tuple[list[str], str]:
+    """onnxmp's row on ``target``, and a note of the candidate families whose best point the
+    target's runtime refused before the shipped one ("" when none)."""
     profile = get_target(target)
     budget = BUDGETS[target]
     start = time.perf_counter()
@@ -68,13 +70,16 @@ def run(bench, target: str, calib: str) -> list[str]:
             record = optimize(bench.model, None, dataclasses.replace(config, budget=1.0)).record
     except OnnxmpError as exc:  # a broken promise on the target is a result too
         return [bench.name, target, profile.default_candidates, f"{budget:g}", "—", "—", f"refused: {exc}", "—", "—",
-                f"{time.perf_counter() - start:.0f}"]
+                f"{time.perf_counter() - start:.0f}"], ""
     seconds = time.perf_counter() - start
     chosen, check = record["chosen"], record["deployment_target"]["verification"]
     mix = ", ".join(f"{n}×{c}" for c, n in chosen["mix"].items())
     on_target = "—" if check is None else f"{check['sqnr_db']:.2f}"
+    refused = "; ".join(f"{f['candidates']}'s best point ({f['simulated_sqnr_db']:.2f} dB simulated) refused by the "
+                        f"target's runtime: {f['refused_on_target']}"
+                        for f in record.get("families") or () if f.get("refused_on_target"))
     return [bench.name, target, profile.default_candidates, f"{budget:g}", mix, f"{chosen['relative_cost']:.3f}",
-            _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"]
+            _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"], refused
 
 
 def peer_on_target(bench, target: str, calib: str, folder: str) -> list[str]:
@@ -120,8 +125,11 @@ def main() -> None:
             for target in args.targets:
                 notes[f"{bench.name}/{target}"] = (f"onnxmp {git_state()}, "
                                                    f"{min(args.samples, len(arrays[arrays.files[0]]))} samples")
-                rows.append(run(bench, target, calib))
-                print(" | ".join(rows[-1]), flush=True)
+                row, refused = run(bench, target, calib)
+                rows.append(row)
+                if refused:
+                    notes[f"{bench.name}/{target}"] += f"; {refused}"
+                print(" | ".join(row), flush=True)
                 if target != "ort":
                     rows.append(peer_on_target(bench, target, calib, tmp))
                     print(" | ".join(rows[-1]), flush=True)
