@@ -77,7 +77,7 @@ def run(bench, target: str, calib: str) -> tuple[list[str], str]:
     on_target = "—" if check is None else f"{check['sqnr_db']:.2f}"
     refused = "; ".join(f"{f['candidates']}'s best point ({f['simulated_sqnr_db']:.2f} dB simulated) refused by the "
                         f"target's runtime: {f['refused_on_target']}"
-                        for f in record.get("families") or () if f.get("refused_on_target"))
+                        for f in chosen.get("families") or () if f.get("refused_on_target"))
     return [bench.name, target, profile.default_candidates, f"{budget:g}", mix, f"{chosen['relative_cost']:.3f}",
             _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"], refused
 
