@@ -111,11 +111,11 @@ def latencies(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], fee
     """Median milliseconds of one run per variant, interleaved: ``runs`` rounds, or as many as
     fill ``min_seconds`` where rounds are quicker (digits runs in 0.04 ms, where 30 rounds on this
     shared machine put its quantized files at 0.74x float in one run and 0.99x in another)."""
-    start = time.perf_counter()
-    for run in runners.values():  # warm up
+    warm_up = time.perf_counter()
+    for run in runners.values():
         for _ in range(3):
             run(feeds)
-    rounds = max(runs, math.ceil(min_seconds / max((time.perf_counter() - start) / 3, 1e-9)))
+    rounds = max(runs, math.ceil(min_seconds / max((time.perf_counter() - warm_up) / 3, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():

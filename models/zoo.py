@@ -579,11 +579,6 @@ def task_scores(name: str, onnx_path: str) -> tuple[ItemScores, ItemScores]:
     return task.score(answers, task.truth(data)), task.score(answers, _FLOAT_ANSWERS[model])
 
 
-def agreement_items(name: str, onnx_path: str) -> ItemScores:
-    """``onnx_path``'s agreement with the float model (``task_scores``), per evaluation item."""
-    return task_scores(name, onnx_path)[1]
-
-
 def evaluate(name: str, onnx_path: str) -> float:
     """Score ``onnx_path`` (the float model of ``name`` or a variant with the same inputs and
     outputs) on the model's labelled evaluation set. Higher is better; the metric is
@@ -591,6 +586,6 @@ def evaluate(name: str, onnx_path: str) -> float:
     return evaluate_items(name, onnx_path).score
 
 
-__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "agreement_items", "chance_level", "end_to_end_items",
+__all__ = ["CACHE_DIR", "MODELS", "ItemScores", "ModelSpec", "chance_level", "end_to_end_items",
            "evaluate", "evaluate_items", "load_npz", "page_readings", "paired_difference", "paths", "sentence_cosine", "task_scores",
            "vad_clip_feeds", "vad_speech_probs"]

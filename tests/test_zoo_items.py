@@ -100,9 +100,11 @@ def test_agreement_scores_a_variant_against_the_float_models_answers(tmp_path, m
 
     ours, theirs = (x @ weight.astype(np.float32)).argmax(1), (x @ _weight_of(variant)).argmax(1)
     assert zoo.evaluate("ppocr_cls", variant) == pytest.approx(np.mean(theirs == label))
-    assert zoo.agreement_items("ppocr_cls", variant).score == pytest.approx(np.mean(theirs == ours))
-    assert 0.5 < zoo.agreement_items("ppocr_cls", variant).score < 1.0  # the perturbation changed some answers
-    assert zoo.agreement_items("ppocr_cls", float_path).score == 1.0
+    task, agreement = zoo.task_scores("ppocr_cls", variant)
+    assert task.score == pytest.approx(np.mean(theirs == label))
+    assert agreement.score == pytest.approx(np.mean(theirs == ours))
+    assert 0.5 < agreement.score < 1.0  # the perturbation changed some answers
+    assert zoo.task_scores("ppocr_cls", float_path)[1].score == 1.0
 
 
 def _weight_of(path: str) -> np.ndarray:

@@ -6,6 +6,8 @@ one definition of what "quantized at b bits" means.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 # Clip ratios tried when searching an MSE-optimal symmetric weight range (per channel).
@@ -160,8 +162,16 @@ def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray], signal: lis
     alike); additive when independent noise sources combine, which Phase 2 relies on. Where the
     reference itself is NaN or Inf (a fully masked row) there is nothing to compare. ``signal``:
     ``signal_powers(reference)``, for a caller that compares many outputs with one reference."""
+    return runs_noise_ratio(reference, [test], signal)
+
+
+def runs_noise_ratio(reference: list[np.ndarray], runs: Iterable[list[np.ndarray]],
+                     signal: list[float] | None = None) -> float:
+    """``noise_ratio`` of outputs that arrive a run at a time (each run: its values of every
+    output, in the reference's order), compared as they come (``NoiseMeter``)."""
     meter = NoiseMeter(reference, signal)
-    meter.add(test)
+    for values in runs:
+        meter.add(values)
     return meter.ratio()
 
 

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Container, Iterable, Iterator
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -27,7 +27,7 @@ from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 from onnxmp.quant.params import QuantParams
 from onnxmp.runtime.data import CalibrationSet
-from onnxmp.runtime.session import concatenate_runs, make_session, observed_tensors, run_batches, run_over
+from onnxmp.runtime.session import concatenate_runs, make_session, observed_tensors, run_batches
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY, CutCache
 
 logger = logging.getLogger(__name__)
@@ -43,36 +43,7 @@ FLOAT_PROXY_BITS = 16
 WHOLE_SESSIONS = 4
 WEIGHT_CACHE_BYTES = 1 << 30
 _PARAM_TYPES = {"zp": onnx.TensorProto.UINT16}
-
-
-class _Sink(Protocol):
-    """Takes an evaluation's observed outputs a run at a time."""
-
-    def add(self, values: list[np.ndarray]) -> None: ...
-
-
-SinkT = TypeVar("SinkT", bound=_Sink)
-
-
-class _Collected:
-    """A sink that keeps every run's outputs (``values``: each output concatenated)."""
-
-    def __init__(self, count: int) -> None:
-        self._runs: list[list[np.ndarray]] = []
-        self._count = count
-
-    def add(self, values: list[np.ndarray]) -> None:
-        self._runs.append(values)
-
-    def values(self) -> list[np.ndarray]:
-        return concatenate_runs(self._runs, self._count)
-
-
-def _fill(sink: SinkT, runs: Iterable[list[np.ndarray]]) -> SinkT:
-    """``sink`` after every run of ``runs`` is added to it."""
-    for values in runs:
-        sink.add(values)
-    return sink
+T = TypeVar("T")  # what an evaluation's consumer makes of its runs
 
 
 def _param_name(tensor: str, what: str) -> str:
@@ -269,38 +240,44 @@ class Simulator:
 
     def outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """Model outputs over the calibration set; ``overrides`` replace some parameter feeds."""
-        return self._evaluate(assignment, overrides, lambda: _Collected(len(self.observed))).values()
+        return self._evaluate(assignment, overrides, lambda runs: concatenate_runs(runs, len(self.observed)))
 
     def _evaluate(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None,
-                  sink: Callable[[], SinkT]) -> SinkT:
-        """A fresh ``sink()`` fed the observed outputs a run at a time: from the cut before the
-        first change where the baseline's values are kept, else (or where onnxruntime cannot
-        run that suffix) over the whole graph."""
+                  consume: Callable[[Iterable[list[np.ndarray]]], T]) -> T:
+        """``consume`` of the observed outputs, a run at a time: from the cut before the first
+        change where the baseline's values are kept, else (or where onnxruntime cannot run that
+        suffix: ``consume`` starts again) over the whole graph."""
         self.evaluations += 1
-        feeds = self.feeds_for(assignment)
-        if overrides:
-            feeds = {**feeds, **overrides}
+        feeds = self._feeds(assignment, overrides)
         if self._partial is not None:
             changed = self._partial.changed(feeds)
             cut = self._partial.cut_before(self._partial.start_of_change(changed))
             if cut is not None:
                 try:
-                    return _fill(sink(), self._partial.batches(cut, feeds, changed))
+                    return consume(self._partial.batches(cut, feeds, changed))
                 except ModelError as exc:  # a graph onnxruntime cannot run from that cut: run it whole
                     logger.debug("partial evaluation from node %d failed (%s); not using that cut", cut.position, exc)
                     self._partial.discard(cut)
-        session, inputs = self._whole_session(self.float_activations(assignment))
-        return _fill(sink(), run_batches(session, self.data, self.observed,
-                                         {k: v for k, v in feeds.items() if k in inputs}))
+        return consume(self._whole_runs(assignment, feeds))
 
     def whole_outputs(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None = None,
                       keep_quantizers: frozenset[str] = frozenset()) -> list[np.ndarray]:
         """Model outputs over the whole graph, never from a cut, with the quantizers of
         ``keep_quantizers`` left in the graph where ``assignment`` leaves them float (their
         parameters from ``overrides``): how a stand-in for float measures (sqnr_resolution.py)."""
-        feeds = {**self.feeds_for(assignment), **(overrides or {})}
+        runs = self._whole_runs(assignment, self._feeds(assignment, overrides), keep_quantizers)
+        return concatenate_runs(runs, len(self.observed))
+
+    def _feeds(self, assignment: Assignment, overrides: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        feeds = self.feeds_for(assignment)
+        return {**feeds, **overrides} if overrides else feeds
+
+    def _whole_runs(self, assignment: Assignment, feeds: dict[str, np.ndarray],
+                    keep_quantizers: frozenset[str] = frozenset()) -> Iterator[list[np.ndarray]]:
+        """The whole graph's runs over the calibration set, without the quantizers of the
+        activations ``assignment`` leaves float (but ``keep_quantizers``)."""
         session, inputs = self._whole_session(self.float_activations(assignment) - keep_quantizers)
-        return run_over(session, self.data, self.observed, {k: v for k, v in feeds.items() if k in inputs})
+        return run_batches(session, self.data, self.observed, {k: v for k, v in feeds.items() if k in inputs})
 
     def float_activations(self, assignment: Assignment) -> frozenset[str]:
         """The activations whose group ``assignment`` leaves float: no quantizer in the run."""
@@ -395,7 +372,8 @@ class Simulator:
         """Noise-to-signal ratio of the observed outputs against the float reference."""
         if self._signal is None:
             self._signal = numerics.signal_powers(self.reference)
-        return self._evaluate(assignment, overrides, lambda: numerics.NoiseMeter(self.reference, self._signal)).ratio()
+        return self._evaluate(assignment, overrides,
+                              lambda runs: numerics.runs_noise_ratio(self.reference, runs, self._signal))
 
     def forget_settled(self) -> None:
         """Drop ``settled_nsr``'s memo (the range methods changed since)."""
@@ -408,4 +386,3 @@ class Simulator:
         if key not in self._settled:
             self._settled[key] = self.nsr(assignment)
         return self._settled[key]
-
