@@ -165,14 +165,16 @@ def test_accelerator_placement_quantizes_inside_units():
     assert set(ort_plan.activations) == {"x", "u"}
 
 
-def _residual_cnn() -> onnx.ModelProto:
-    """Conv → Relu → Conv, + the block's input (a residual Add) → MaxPool → Conv → Tanh."""
+def _residual_cnn(relu_after_add: bool = False) -> onnx.ModelProto:
+    """Conv → Relu → Conv, + the block's input (a residual Add) [→ Relu] → MaxPool → Conv → Tanh."""
     rng = np.random.default_rng(3)
     n = helper.make_node
+    after_add = [n("Relu", ["s"], ["sr"], name="relu_s")] if relu_after_add else []
     nodes = [n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]), n("Relu", ["c0"], ["r0"], name="relu0"),
              n("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"], name="relu1"),
              n("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]), n("Add", ["c2", "r0"], ["s"], name="res"),
-             n("MaxPool", ["s"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             *after_add, n("MaxPool", ["sr" if relu_after_add else "s"], ["p"], name="pool", kernel_shape=[2, 2],
+                           strides=[2, 2]),
              n("Conv", ["p", "w3"], ["c3"], name="conv3"), n("Tanh", ["c3"], ["y"], name="tanh")]
     weights = [_c("w0", rng.standard_normal((8, 3, 3, 3)) / 3), _c("w1", rng.standard_normal((8, 8, 3, 3)) / 8),
                _c("w2", rng.standard_normal((8, 8, 3, 3)) / 8), _c("w3", rng.standard_normal((4, 8, 1, 1)) / 3)]
@@ -193,6 +195,38 @@ def test_ort_cnn_runs_every_conv_and_the_residual_add_in_integer(tmp_path):
     assert quantized == {"x", "r0", "r1", "c2", "s", "p", "c3"}  # Tanh's output stays float
     ops = optimized_ops(out, str(tmp_path))
     assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Conv"] == 0 and ops["FusedConv"] == 0
+
+
+def test_a_relu_after_an_integer_add_and_a_maxpool_add_no_requantization(tmp_path):
+    """Add → Relu → MaxPool between integer Convs: the quantizer goes after the Relu (which
+    onnxruntime then drops), not also on the Add's output, and the MaxPool's output takes its
+    input's scale, so onnxruntime runs both on the 8-bit values: no DequantizeLinear →
+    QuantizeLinear pair is left between the first Conv and the Tanh."""
+    path = str(tmp_path / "cnn.onnx")
+    onnx.save(_residual_cnn(relu_after_add=True), path)
+    x = np.abs(np.random.default_rng(4).standard_normal((16, 3, 16, 16))).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = str(tmp_path / "q.onnx")
+    result = optimize(path, out, OptimizeConfig(candidates=parse_candidates("W8A8"), budget=1.0,
+                                                calib=str(tmp_path / "calib.npz"), cache_dir=None))
+    written = onnx.load(out).graph
+    quantizers = {n.input[0].removesuffix("_float"): n for n in written.node if n.op_type == "QuantizeLinear"}
+    assert set(quantizers) == {"x", "r0", "r1", "c2", "sr", "p", "c3"}  # not "s": the Relu's output instead
+    assert any(s["name"] == "s" and "Relu" in s["reason"] for s in result.record["skipped"])
+    assert list(quantizers["p"].input[1:]) == list(quantizers["sr"].input[1:]) or all(
+        np.array_equal(numpy_helper.to_array(_init(written, a)), numpy_helper.to_array(_init(written, b)))
+        for a, b in zip(quantizers["p"].input[1:], quantizers["sr"].input[1:], strict=True))
+    ops = optimized_ops(out, str(tmp_path))
+    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Relu"] == 0
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1  # the model input; the Tanh's input
+    # the written file computes what onnx's reference evaluator computes for it
+    got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": x[:2]})[0]
+    want = ReferenceEvaluator(onnx.load(out)).run(None, {"x": x[:2]})[0]
+    np.testing.assert_allclose(got, want, atol=0.02)
+
+
+def _init(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
+    return next(t for t in graph.initializer if t.name == name)
 
 
 def test_a_model_with_nothing_the_runtime_computes_in_integer_is_refused(tmp_path):

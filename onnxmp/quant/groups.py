@@ -39,6 +39,8 @@ SHARED_IO_OPS = frozenset({
     "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
     "GlobalMaxPool", "Split", "Slice", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
 })
+# Ops whose quantized output takes its (first) input's scale and zero point (``tied_scales``).
+TIED_SCALE_OPS = (SHARED_IO_OPS - {"Concat"}) | {"Resize"}
 # The inputs that carry activations, for quantized ops whose other inputs are parameters (sizes,
 # scales, bounds, pads, a runtime bias): those stay float, as in onnxruntime's QDQ quantizer. Ops
 # not listed take all their inputs as activations.
@@ -50,6 +52,8 @@ ACTIVATION_INPUTS = {
 }
 # Activation functions a weighted op's output fuses into: no quantizer in between.
 FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu"})
+# what onnxruntime removes before a QuantizeLinear whose range it already clamps to
+REMOVABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})
 
 
 
@@ -172,11 +176,35 @@ class _UnionFind:
         self.parent[self.find(a)] = self.find(b)
 
 
+def _read_only_by(tensor: str, index: GraphIndex, op_types: frozenset[str]) -> bool:
+    """True when only ops of ``op_types`` read ``tensor`` (and it is not a graph output)."""
+    readers = index.readers.get(tensor, [])
+    return bool(readers) and tensor not in index.graph_outputs and all(r.op_type in op_types for r in readers)
+
+
 def _is_fused_output(tensor: str, index: GraphIndex) -> bool:
     """True when a weighted op's output feeds only an activation function it fuses with."""
-    readers = index.readers.get(tensor, [])
-    return (bool(readers) and tensor not in index.graph_outputs
-            and all(r.op_type in FUSABLE_ACTIVATIONS for r in readers))
+    return _read_only_by(tensor, index, FUSABLE_ACTIVATIONS)
+
+
+def tied_scales(graph: onnx.GraphProto, activations: set[str]) -> dict[str, str]:
+    """Quantized outputs of the ops that move values unchanged (all but Concat, whose kernel
+    rescales) and of Resize, each mapped to the quantized input whose scale and zero point it takes: the
+    values are a subset of the input's, and onnxruntime runs such an op on the 8-bit values only
+    when both sides agree (with its own scale, a MaxPool runs in float between a
+    DequantizeLinear and a QuantizeLinear). onnxruntime's quantize_static ties them the same way."""
+    tied: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in TIED_SCALE_OPS or not node.input:
+            continue
+        source = node.input[0]
+        if source not in activations:
+            continue
+        source = tied.get(source, source)
+        for out in node.output:
+            if out in activations:
+                tied[out] = source
+    return tied
 
 
 def constant_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
@@ -268,7 +296,16 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
                 and n not in index.initializers and index.is_float(n)]
         if acts and all(a in chosen for a in acts):
             for out in node.output:
-                quantize(out)
+                # with the Relu/Clip's output quantized instead (zero point at the type's minimum),
+                # onnxruntime drops them and the integer op writes the result itself; a quantizer on
+                # ``out`` too would leave a DequantizeLinear → QuantizeLinear requantization
+                if _read_only_by(out, index, REMOVABLE_ACTIVATIONS):
+                    skips.append(Skip(out, f"output of {node.name} ({node.op_type}) read only by Relu/Clip: the "
+                                           "quantizer goes after them, which the runtime then removes"))
+                    for reader in index.readers[out]:
+                        quantize(reader.output[0])
+                else:
+                    quantize(out)
     kept = {s.name for s in skips}
     for name in index.elem_types:
         if name not in chosen and name not in kept and name in index.producers and index.is_float(name) \

@@ -15,7 +15,7 @@ import onnx
 
 from onnxmp.quant import numerics
 from onnxmp.quant.calibrate import Calibration
-from onnxmp.quant.groups import QuantPlan, WeightedOp, weight_array
+from onnxmp.quant.groups import QuantPlan, WeightedOp, tied_scales, weight_array
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _KEEP_FLOAT_BYTES = 16 << 20  # float weights up to this size are cached
@@ -70,6 +70,7 @@ class QuantParams:
         self._model = model
         self._ops = {op.node: op for op in plan.weighted_ops}
         self._activations = set(plan.activations)
+        self._tied = tied_scales(model.graph, self._activations)  # output -> the input whose scale it takes
         self._weights: dict[tuple[str, int], QuantizedWeight] = {}
         self._floats: dict[str, np.ndarray] = {}
         self._rounded: dict[tuple[str, int], np.ndarray] = {}  # AdaRounded integers, by (weight, bits)
@@ -86,6 +87,7 @@ class QuantParams:
         return values
 
     def activation(self, name: str, bits: int, method: str | None = None) -> tuple[np.float32, int]:
+        name = self._tied.get(name, name)
         chosen = method or self.range_method.get((name, bits), "mse")
         return self.calibration.stats[name].params(bits, chosen, self.range_margin)
 

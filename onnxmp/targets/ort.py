@@ -11,8 +11,13 @@ read off the graphs it optimizes QDQ models into (``SessionOptions.optimized_mod
   QLinearMatMul with a quantized one.
 - Between such kernels, Add, Mul, Concat, AveragePool, GlobalAveragePool, Sigmoid, LeakyRelu and
   Softmax run as QLinear* kernels, and MaxPool, Resize, Transpose, Reshape, Split and the other
-  data-movement ops run on the 8-bit values; Tanh, HardSigmoid, HardSwish and a standalone Relu
-  run in float behind a DequantizeLinear.
+  data-movement ops run on the 8-bit values, but only where their output has their input's scale
+  and zero point (else they run in float between a DequantizeLinear and a QuantizeLinear: so
+  their outputs take their input's, ``groups.tied_scales``); Tanh, HardSigmoid, HardSwish and a
+  standalone Relu run in float behind a DequantizeLinear.
+- A Relu or Clip after such an op disappears into the QuantizeLinear of its output (zero point at
+  the type's minimum), so the quantizer goes there and not also on the op's output, which would
+  leave a DequantizeLinear → QuantizeLinear requantization (on digits' Add → Relu → MaxPool).
 - 16-bit activations, 4-bit weights and ConvTranspose get no integer kernel: they compute in
   float, behind their DequantizeLinear.
 
