@@ -165,19 +165,22 @@ def test_accelerator_placement_quantizes_inside_units():
     assert set(ort_plan.activations) == {"x", "u"}
 
 
-def _residual_cnn(relu_after_add: bool = False) -> onnx.ModelProto:
-    """Conv → Relu → Conv, + the block's input (a residual Add) [→ Relu] → MaxPool → Conv → Tanh."""
+def _residual_cnn(after_add: str | None = None) -> onnx.ModelProto:
+    """Conv → Relu → Conv, + the block's input (a residual Add) [→ Relu or Clip] → MaxPool → Conv
+    → Tanh."""
     rng = np.random.default_rng(3)
     n = helper.make_node
-    after_add = [n("Relu", ["s"], ["sr"], name="relu_s")] if relu_after_add else []
+    bounds = [_c("lo", 0.0), _c("hi", 1e3)] if after_add == "Clip" else []
+    clamp = [n(after_add, ["s", *(b.name for b in bounds)], ["sr"], name="clamp")] if after_add else []
     nodes = [n("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]), n("Relu", ["c0"], ["r0"], name="relu0"),
              n("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"], name="relu1"),
              n("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]), n("Add", ["c2", "r0"], ["s"], name="res"),
-             *after_add, n("MaxPool", ["sr" if relu_after_add else "s"], ["p"], name="pool", kernel_shape=[2, 2],
-                           strides=[2, 2]),
+             *clamp, n("MaxPool", ["sr" if after_add else "s"], ["p"], name="pool", kernel_shape=[2, 2],
+                       strides=[2, 2]),
              n("Conv", ["p", "w3"], ["c3"], name="conv3"), n("Tanh", ["c3"], ["y"], name="tanh")]
     weights = [_c("w0", rng.standard_normal((8, 3, 3, 3)) / 3), _c("w1", rng.standard_normal((8, 8, 3, 3)) / 8),
-               _c("w2", rng.standard_normal((8, 8, 3, 3)) / 8), _c("w3", rng.standard_normal((4, 8, 1, 1)) / 3)]
+               _c("w2", rng.standard_normal((8, 8, 3, 3)) / 8), _c("w3", rng.standard_normal((4, 8, 1, 1)) / 3),
+               *bounds]
     graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
@@ -197,13 +200,14 @@ def test_ort_cnn_runs_every_conv_and_the_residual_add_in_integer(tmp_path):
     assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Conv"] == 0 and ops["FusedConv"] == 0
 
 
-def test_a_relu_after_an_integer_add_and_a_maxpool_add_no_requantization(tmp_path):
-    """Add → Relu → MaxPool between integer Convs: the quantizer goes after the Relu (which
-    onnxruntime then drops), not also on the Add's output, and the MaxPool's output takes its
-    input's scale, so onnxruntime runs both on the 8-bit values: no DequantizeLinear →
+@pytest.mark.parametrize("clamp", ["Relu", "Clip"])
+def test_a_clamp_after_an_integer_add_and_a_maxpool_add_no_requantization(clamp, tmp_path):
+    """Add → Relu (or Clip) → MaxPool between integer Convs: the quantizer goes after the clamp
+    (which onnxruntime then drops), not also on the Add's output, and the MaxPool's output takes
+    its input's scale, so onnxruntime runs both on the 8-bit values: no DequantizeLinear →
     QuantizeLinear pair is left between the first Conv and the Tanh."""
     path = str(tmp_path / "cnn.onnx")
-    onnx.save(_residual_cnn(relu_after_add=True), path)
+    onnx.save(_residual_cnn(after_add=clamp), path)
     x = np.abs(np.random.default_rng(4).standard_normal((16, 3, 16, 16))).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     out = str(tmp_path / "q.onnx")
@@ -212,12 +216,12 @@ def test_a_relu_after_an_integer_add_and_a_maxpool_add_no_requantization(tmp_pat
     written = onnx.load(out).graph
     quantizers = {n.input[0].removesuffix("_float"): n for n in written.node if n.op_type == "QuantizeLinear"}
     assert set(quantizers) == {"x", "r0", "r1", "c2", "sr", "p", "c3"}  # not "s": the Relu's output instead
-    assert any(s["name"] == "s" and "Relu" in s["reason"] for s in result.record["skipped"])
+    assert any(s["name"] == "s" and clamp in s["reason"] for s in result.record["skipped"])
     assert list(quantizers["p"].input[1:]) == list(quantizers["sr"].input[1:]) or all(
         np.array_equal(numpy_helper.to_array(_init(written, a)), numpy_helper.to_array(_init(written, b)))
         for a, b in zip(quantizers["p"].input[1:], quantizers["sr"].input[1:], strict=True))
     ops = optimized_ops(out, str(tmp_path))
-    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Relu"] == 0
+    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops[clamp] == 0
     assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1  # the model input; the Tanh's input
     # the written file computes what onnx's reference evaluator computes for it
     got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": x[:2]})[0]

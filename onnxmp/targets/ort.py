@@ -15,8 +15,8 @@ read off the graphs it optimizes QDQ models into (``SessionOptions.optimized_mod
   and zero point (else they run in float between a DequantizeLinear and a QuantizeLinear: so
   their outputs take their input's, ``groups.tied_scales``); Tanh, HardSigmoid, HardSwish and a
   standalone Relu run in float behind a DequantizeLinear.
-- A Relu after such an op disappears into the QuantizeLinear of its output (zero point at the
-  type's minimum), so the quantizer goes there and not also on the op's output, which would
+- A Relu or Clip after such an op disappears into the QuantizeLinear of its output (whose range
+  it already clamps to), so the quantizer goes there and not also on the op's output, which would
   leave a DequantizeLinear → QuantizeLinear requantization (on digits' Add → Relu → MaxPool).
 - 16-bit activations, 4-bit weights and ConvTranspose get no integer kernel: they compute in
   float, behind their DequantizeLinear.
