@@ -22,7 +22,8 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from onnxmp.errors import AlreadyQuantizedError, ModelError
 from onnxmp.model import large
-from onnxmp.model.graph import WEIGHTED_OPS, subgraph_reads
+from onnxmp.model.folds import fold_affine, fold_batchnorm
+from onnxmp.model.graph import WEIGHTED_OPS
 from onnxmp.model.large import fill_from, is_large, light_copy
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def external_bytes(model: onnx.ModelProto) -> int:
 
 
 def prepare_model(model: onnx.ModelProto, base_dir: str | None = None) -> onnx.ModelProto:
-    """Return a prepared copy: opset 21, constants as initializers, BN folded, shapes inferred.
+    """Return a prepared copy: opset 21, constants as initializers, BN (and a BN an exporter
+    wrote as Mul and Add) folded, shapes inferred.
     Weight bytes are copied once: a large model's graph is transformed without them, then they
     are read (from ``base_dir`` where ``load_model`` left them in external files) or copied in."""
     prepared = light_copy(model)
@@ -153,6 +155,9 @@ def prepare_model(model: onnx.ModelProto, base_dir: str | None = None) -> onnx.M
     folded = fold_batchnorm(prepared.graph)
     if folded:
         logger.info("folded %d BatchNormalization node(s) into Conv", folded)
+    folded = fold_affine(prepared.graph)
+    if folded:
+        logger.info("folded %d per-channel Mul/Add node(s) into the Conv before them", folded)
     return infer_shapes(prepared)
 
 
@@ -261,67 +266,3 @@ def name_nodes(graph: onnx.GraphProto) -> None:
             while node.name in seen:
                 node.name += "_"
         seen.add(node.name)
-
-
-def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
-    return [node for node in graph.node if tensor in node.input]
-
-
-def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) -> bool:
-    """Fold the BatchNormalization reading ``conv``'s output, if that is exact; True if done."""
-    out = conv.output[0]
-    readers = _consumers(graph, out)
-    if len(readers) != 1 or readers[0].op_type != "BatchNormalization":
-        return False  # the raw conv output is needed elsewhere
-    bn = readers[0]
-    if out in {o.name for o in graph.output} or len(bn.output) != 1:
-        return False  # training-mode BN or an observed intermediate
-    if conv.input[1] not in inits or (len(conv.input) > 2 and conv.input[2] not in inits):
-        return False  # weights computed at run time
-    if not all(name in inits for name in bn.input[1:5]):
-        return False
-    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
-    weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-    bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-            if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0]))
-    factor = gamma / np.sqrt(var + eps)
-    new_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
-    new_bias = (bias - mean) * factor + beta
-    w_name, b_name = conv.name + "/folded_weight", conv.name + "/folded_bias"
-    graph.initializer.append(numpy_helper.from_array(new_weight.astype(np.float32), unique_name(graph, w_name)))
-    graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), unique_name(graph, b_name)))
-    del conv.input[1:]
-    conv.input.extend([graph.initializer[-2].name, graph.initializer[-1].name])
-    conv.output[0] = bn.output[0]  # downstream keeps reading the BN's output name
-    graph.node.remove(bn)
-    return True
-
-
-def fold_batchnorm(graph: onnx.GraphProto) -> int:
-    """In place: fold each Conv → BatchNormalization pair into the Conv; returns how many."""
-    inits = {t.name: t for t in graph.initializer}
-    folded = sum(_try_fold_pair(graph, node, inits) for node in list(graph.node)
-                 if node.op_type == "Conv" and len(node.input) >= 2)
-    if folded:
-        remove_unused_initializers(graph)
-    return folded
-
-
-def remove_unused_initializers(graph: onnx.GraphProto) -> None:
-    """In place: drop initializers no node reads (e.g. the float weights replaced by a fold)."""
-    used = {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]}
-    used |= {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-
-def unique_name(graph: onnx.GraphProto, base: str) -> str:
-    """A tensor name not yet used in ``graph``, derived from ``base``."""
-    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    taken |= {o for node in graph.node for o in node.output}
-    name, index = base, 1
-    while name in taken:
-        name, index = f"{base}_{index}", index + 1
-    return name
