@@ -347,3 +347,38 @@ def test_openvino_quantizes_around_ops_but_keeps_units_float():
     assert set(plan.activations) == {"x", "h", "u", "y"}  # the MatMuls' inputs and outputs, nothing inside
     everything = find_quantizers(model, quantized_ops=frozenset({"MatMul", "Mul", "Add", "Div", "Erf"}))
     assert {"xs", "e", "e1", "xe"} <= set(everything.activations)
+
+
+@pytest.mark.parametrize("uniform_faster", [True, False])
+def test_below_the_cheapest_point_the_faster_of_it_and_uniform_w8a8_timed_whole_ships(uniform_faster, tmp_path,
+                                                                                      monkeypatch):
+    """The per-layer estimate says conv1 runs slower at W8A8 than in float, so its cheapest point
+    keeps conv1 float; timed whole (here by a stand-in runtime whose answer the test sets), uniform
+    W8A8 ships where it is faster, and the record says what was timed and why."""
+    import dataclasses
+
+    from onnxmp import pipeline
+    from onnxmp.targets.ort import PROFILE
+
+    def layer_times(model, plan, data, weights):
+        return {op.node: {"FP32": 1.0, "W8A8": 2.0 if op.node == "conv1" else 0.4} for op in plan.weighted_ops}
+
+    def time_models(models, data):
+        fast = "uniform W8A8" if uniform_faster else "cheapest estimate"
+        return {name: 1.0 if name in (fast, "output") else 1.5 for name in models}
+
+    profile = dataclasses.replace(PROFILE, measure_latency=layer_times, time_models=time_models)
+    monkeypatch.setattr(pipeline, "get_target", lambda name: profile)
+    path = str(tmp_path / "cnn.onnx")
+    onnx.save(_residual_cnn(), path)
+    np.savez(tmp_path / "calib.npz", x=np.abs(np.random.default_rng(4).standard_normal((8, 3, 16, 16))).astype(np.float32))
+    record = optimize(path, None, OptimizeConfig(calib=str(tmp_path / "calib.npz"), cache_dir=None)).record
+    timed = record["latency"]["cheapest_timed"]
+    assert set(timed["ms"]) == {"cheapest estimate", "uniform W8A8"}
+    shipped = {g["candidate"] for g in record["groups"] if g.get("weights")}
+    if uniform_faster:
+        assert timed["shipped"] == "uniform W8A8" and shipped == {"W8A8"}
+        assert record["chosen"]["budget_choice"]["fallback"] == "uniform W8A8"
+    else:
+        assert timed["shipped"] == "cheapest estimate" and shipped == {"W8A8", "FP32"}
+        assert record["chosen"]["budget_choice"]["fallback"] is None

@@ -14,6 +14,7 @@ the W8A8 time: a layer between float ops pays them, and a chain of integer layer
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -29,6 +30,9 @@ from onnxmp.runtime.session import make_session
 logger = logging.getLogger(__name__)
 
 RUNS = 15  # interleaved timed runs per layer and variant (after one warm-up run)
+# whole models are timed in rounds filling at least this long: a 30-microsecond model (digits)
+# needs thousands for a median that separates 5%
+COMPARE_SECONDS = 0.3
 _QUANTIZED_OUTPUT = frozenset({"Conv", "Gemm"})  # kernels that need their output quantized (targets/ort.py)
 
 
@@ -93,17 +97,24 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+def median_ms(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int,
+              min_seconds: float = 0.0) -> list[float]:
     """Median milliseconds of one run of each session, the sessions run in turn (interleaved: a
-    noisy neighbour slows them all alike), after one warm-up run each."""
+    noisy neighbour slows them all alike), after one warm-up run each; at least ``runs`` rounds,
+    more where they would take under ``min_seconds`` (as the first timed round took)."""
     times: list[list[float]] = [[] for _ in sessions]
     for s in sessions:
         s.run(None, feeds)
-    for _ in range(runs):
+    done = 0
+    while done < runs:
+        round_start = time.perf_counter()
         for store, s in zip(times, sessions, strict=True):
             start = time.perf_counter()
             s.run(None, feeds)
             store.append(time.perf_counter() - start)
+        if not done:
+            runs = max(runs, math.ceil(min_seconds / max(time.perf_counter() - round_start, 1e-6)))
+        done += 1
     return [1e3 * float(np.median(t)) for t in times]
 
 
@@ -131,8 +142,10 @@ def measure_layers(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet
     return times
 
 
-def compare_models(models: dict[str, onnx.ModelProto], data: CalibrationSet, runs: int = 20) -> dict[str, float]:
+def compare_models(models: dict[str, onnx.ModelProto], data: CalibrationSet, runs: int = 20,
+                   min_seconds: float = COMPARE_SECONDS) -> dict[str, float]:
     """Median milliseconds of one sample through each whole model (one thread, interleaved), as
     the output is deployed: the measurement of what ships, beside the per-layer estimate."""
     sessions = {name: _session(model) for name, model in models.items()}
-    return dict(zip(sessions, median_ms(list(sessions.values()), data.first_sample(), runs), strict=True))
+    ms = median_ms(list(sessions.values()), data.first_sample(), runs, min_seconds)
+    return dict(zip(sessions, ms, strict=True))
