@@ -260,6 +260,11 @@ def _summary(record: dict, output: str) -> str:
         others = ", ".join(f"{name} {value:.3g} ms" for name, value in ms.items() if name != "output")
         lines.append(f"  latency on {record['deployment_target']['name']} (1 thread, 1 sample): {ms['output']:.3g} ms, "
                      f"{latency['vs_float']:.2f}x float ({others})")
+        timed = latency.get("cheapest_timed")
+        if timed:
+            lines.append(f"  below the cheapest point, timed whole: the estimate's cheapest point "
+                         f"{timed['ms']['cheapest estimate']:.3g} ms, uniform W8A8 {timed['ms']['uniform W8A8']:.3g} ms; "
+                         f"shipped: {timed['shipped']}")
     if record["cache"]["hit"]:
         lines.append(f"  Phase 1 reused from {record['cache']['folder']}")
     return "\n".join(lines)

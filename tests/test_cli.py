@@ -112,13 +112,20 @@ def test_finetune_without_training_environment_is_one_clear_error(cnn_path, tmp_
     assert "needs QUANTIZED FLOAT OUTPUT" in capsys.readouterr().err
 
 
-def test_a_budget_below_what_this_machine_can_run_takes_the_cheapest_under_latency(cnn_path, tmp_path, caplog):
+def test_a_budget_below_what_this_machine_can_run_takes_the_cheapest_under_latency(cnn_path, tmp_path, caplog,
+                                                                                   capsys):
     report = tmp_path / "r.json"
     assert main(["optimize", str(cnn_path), str(tmp_path / "o.onnx"), "--no-cache", "--budget", "0.01",
                  "--report", str(report)]) == 0
     assert any("below the cheapest assignment" in r.getMessage() for r in caplog.records)
     record = json.loads(report.read_text())
     assert record["options"]["budget"] == pytest.approx(record["pareto_curve"][-1]["relative_cost"])
+    # where the cheapest point is not uniform W8A8 the two were timed whole, and the summary says so
+    timed = record["latency"].get("cheapest_timed")
+    printed = capsys.readouterr().out
+    assert ("below the cheapest point, timed whole" in printed) == (timed is not None)
+    if timed is not None:
+        assert f"shipped: {timed['shipped']}" in printed
 
 
 def test_written_files_get_the_umask_permissions(cnn_path, tmp_path):
