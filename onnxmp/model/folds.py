@@ -17,8 +17,14 @@ from onnxmp.model.graph import subgraph_reads
 _CONSTANT_OPS = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast"})
 
 
-def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
-    return [node for node in graph.node if tensor in node.input]
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor's reading nodes, built once per pass: a fold changes only its own Conv's
+    output and removes the one node that read it, so the map stays right for the other Convs."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def _conv_parameters(conv: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -45,18 +51,20 @@ def _replace_parameters(graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np
     graph.node.remove(after)
 
 
-def _only_reader(graph: onnx.GraphProto, conv: onnx.NodeProto) -> onnx.NodeProto | None:
+def _only_reader(graph: onnx.GraphProto, conv: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]
+                 ) -> onnx.NodeProto | None:
     """The one node reading the Conv's output, where nothing else (a graph output) needs it."""
     out = conv.output[0]
-    readers = _consumers(graph, out)
-    if len(readers) != 1 or out in {o.name for o in graph.output}:
+    found = readers.get(out, [])
+    if len(found) != 1 or out in {o.name for o in graph.output}:
         return None
-    return readers[0]
+    return found[0]
 
 
-def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) -> bool:
+def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict,
+                   readers: dict[str, list[onnx.NodeProto]]) -> bool:
     """Fold the BatchNormalization reading ``conv``'s output, if that is exact; True if done."""
-    bn = _only_reader(graph, conv)
+    bn = _only_reader(graph, conv, readers)
     if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) != 1:
         return False  # training-mode BN, or the raw conv output is needed elsewhere
     parameters = _conv_parameters(conv, inits)
@@ -73,8 +81,8 @@ def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict) ->
 
 def fold_batchnorm(graph: onnx.GraphProto) -> int:
     """In place: fold each Conv → BatchNormalization pair into the Conv; returns how many."""
-    inits = {t.name: t for t in graph.initializer}
-    folded = sum(_try_fold_pair(graph, node, inits) for node in list(graph.node)
+    inits, readers = {t.name: t for t in graph.initializer}, _readers(graph)
+    folded = sum(_try_fold_pair(graph, node, inits, readers) for node in list(graph.node)
                  if node.op_type == "Conv" and len(node.input) >= 2)
     if folded:
         remove_unused_initializers(graph)
@@ -110,9 +118,9 @@ def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray |
 
 
 def _try_fold_affine(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict,
-                     producers: dict[str, onnx.NodeProto]) -> bool:
+                     producers: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]]) -> bool:
     """Fold the Mul or Add by a per-channel constant reading ``conv``'s output; True if done."""
-    op = _only_reader(graph, conv)
+    op = _only_reader(graph, conv, readers)
     if op is None or op.op_type not in ("Mul", "Add") or len(op.input) != 2 or op.input[0] == op.input[1]:
         return False
     parameters = _conv_parameters(conv, inits)
@@ -140,8 +148,8 @@ def fold_affine(graph: onnx.GraphProto) -> int:
     folded = 0
     while True:
         inits = {t.name: t for t in graph.initializer}
-        producers = {o: node for node in graph.node for o in node.output}
-        done = sum(_try_fold_affine(graph, node, inits, producers) for node in list(graph.node)
+        producers, readers = {o: node for node in graph.node for o in node.output}, _readers(graph)
+        done = sum(_try_fold_affine(graph, node, inits, producers, readers) for node in list(graph.node)
                    if node.op_type == "Conv" and len(node.input) >= 2)
         folded += done
         if not done:
