@@ -643,7 +643,7 @@ def _ship(analysis: Analysis, choice: Choice, config: OptimizeConfig, profile
         qdq = _export(analysis, choice.assignment)
         shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
     qdq = _deployable(qdq, analysis.data, config)
-    latency = _time_shipped(profile, qdq, analysis, config, timings)
+    latency = _time_shipped(profile, qdq, choice.assignment, analysis, config, timings)
     on_target = None
     if profile.verify is not None:
         with _timed(timings, "verify on target"):
@@ -757,17 +757,19 @@ def _make_evaluator(analysis: Analysis, config: OptimizeConfig) -> Evaluator:
     return agreement_evaluator(analysis.model, analysis.heldout, opener, one_by_one)
 
 
-def _time_shipped(profile, qdq: onnx.ModelProto, analysis: Analysis, config: OptimizeConfig,
-                  timings: dict[str, float]) -> dict | None:
-    """The output's time on the target's runtime against the float model and uniform W8A8 (one
-    sample, one thread, interleaved runs), with a warning when it is slower than float."""
+def _time_shipped(profile, qdq: onnx.ModelProto, assignment: Assignment, analysis: Analysis,
+                  config: OptimizeConfig, timings: dict[str, float]) -> dict | None:
+    """The output (``qdq``, of ``assignment``) timed on the target's runtime against the float
+    model and uniform W8A8 (one sample, one thread, interleaved runs), with a warning when it is
+    slower than float."""
     if profile.time_models is None or is_large(analysis.model):
         return None
     models = {"float": analysis.model, "output": qdq}
     w8a8 = Candidate(8, 8)
     if w8a8 in config.candidates:
-        models["uniform W8A8"] = _deployable(_export(analysis, uniform_assignment(analysis.allowed, w8a8)),
-                                             analysis.data, config)
+        uniform = uniform_assignment(analysis.allowed, w8a8)  # the output itself where it is uniform W8A8
+        models["uniform W8A8"] = qdq if uniform == assignment else _deployable(_export(analysis, uniform),
+                                                                              analysis.data, config)
     with _timed(timings, "latency of the output"):
         ms = profile.time_models(models, analysis.data)
     record = {"ms": ms, "vs_float": ms["output"] / ms["float"], "threads": 1, "samples_per_run": 1}
