@@ -1,4 +1,5 @@
-"""Peers run on the same model and data, for side-by-side tables: onnxruntime's quantize_static."""
+"""Peers run on the same model and data, for side-by-side tables: onnxruntime's quantize_static,
+and for Qualcomm's HTP onnxruntime's own QNN flow (``ort_quantize_qnn_w8a8``)."""
 
 from __future__ import annotations
 
@@ -45,18 +46,43 @@ def ort_quantize_static_w8a8(model_path: str, arrays: Data, out_path: str, batch
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -> None:
+    """onnxruntime's documented flow for its QNN execution provider, W8A8: ``qnn_preprocess_model``
+    (fusions QNN runs as one op), then ``get_qnn_qdq_config`` (the overrides HTP requires, every
+    constant operand quantized) with per-channel INT8 weights and UINT8 activations calibrated
+    with min/max on ``arrays``, each sample one run. ``model``: static shapes at one sample (as
+    HTP needs), opset 13 or later. The plain ``quantize_static`` model leaves float constant
+    operands (hard-swish's ``/6``) that make the HTP backend refuse whole graphs (qnn_htp.py)."""
+    from onnxruntime.quantization import quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, pre = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "pre.onnx")
+        onnx.save(model, source)
+        if not qnn_preprocess_model(source, pre):  # False: nothing to fuse, no file written
+            pre = source
+        config = get_qnn_qdq_config(pre, _Reader(arrays, 1), activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QInt8, per_channel=True)
+        quantize(pre, out_path, config)
+
+
 def model_opset(model_path: str) -> int:
-    model = onnx.load(model_path, load_external_data=False)
+    return _opset(onnx.load(model_path, load_external_data=False))
+
+
+def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _at_least_opset(model_path: str, opset: int, out_path: str) -> str:
     """``out_path``: the model converted to ``opset`` where its own is older, else as it is."""
-    model = onnx.load(model_path)
-    if model_opset(model_path) < opset:
-        model = onnx.version_converter.convert_version(model, opset)
-    onnx.save(model, out_path)
+    onnx.save(at_least_opset(onnx.load(model_path), opset), out_path)
     return out_path
+
+
+def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to ``opset`` where its own is older, else itself."""
+    return onnx.version_converter.convert_version(model, opset) if _opset(model) < opset else model
 
 
 def static_ways(model_path: str) -> list[tuple[str, dict]]:

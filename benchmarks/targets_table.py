@@ -9,7 +9,9 @@ budget 0.5: the BOPs of uniform W8A8) and openvino (CPU plugin; W4A8,W8A8, budge
 no cheaper assignment exists because only Gemm/MatMul may take 4-bit weights). On each target
 other than ort, onnxruntime's ``quantize_static`` W8A8 model of the same samples (as
 ``zoo_table._quantize_peer`` makes it, static shapes fixed like onnxmp's) is run there too, so
-onnxmp at the BOPs of W8A8 is compared with the plain W8A8 model on the same runtime. Writes
+onnxmp at the BOPs of W8A8 is compared with the plain W8A8 model on the same runtime; on qnn-htp
+also the W8A8 model of onnxruntime's QNN flow (``peers.ort_quantize_qnn_w8a8``), which quantizes
+the constant operands that make the HTP backend refuse the plain models of the OCR CNNs. Writes
 benchmarks/results/targets_edge.md.
 """
 
@@ -24,6 +26,7 @@ import time
 import numpy as np
 import onnx
 from common import bench_models, git_state, publish_merged, samples_calib_only
+from peers import at_least_opset, ort_quantize_qnn_w8a8
 from zoo_table import _quantize_peer
 
 from onnxmp import OptimizeConfig, optimize, parse_candidates
@@ -36,6 +39,8 @@ from onnxmp.targets.shapes import fix_symbolic_dims
 
 BUDGETS = {"ort": 0.5, "qnn-htp": 0.5, "openvino": 0.9}
 PEER = "onnxruntime quantize_static W8A8"
+QNN_PEER = "onnxruntime QNN flow W8A8"  # peers.ort_quantize_qnn_w8a8
+PEER_WAYS = {"qnn-htp": (False, True), "openvino": (False,)}  # per target, the peers run there (qnn_flow or not)
 
 
 def _placement(check: dict | None) -> str:
@@ -82,29 +87,33 @@ def run(bench, target: str, calib: str) -> tuple[list[str], str]:
             _placement(check), on_target, f"{chosen['sqnr_db_ort_default']:.2f}", f"{seconds:.0f}"], refused
 
 
-def peer_on_target(bench, target: str, calib: str, folder: str) -> list[str]:
-    """onnxruntime's quantize_static W8A8 of the same model and samples, verified on ``target``
-    (SQNR on the same tensors as onnxmp's rows, against the float model)."""
+def peer_on_target(bench, target: str, calib: str, folder: str, qnn_flow: bool = False) -> list[str]:
+    """onnxruntime's W8A8 model of the same model and samples, verified on ``target`` (SQNR on the
+    same tensors as onnxmp's rows, against the float model): ``quantize_static``'s, or with
+    ``qnn_flow`` the one onnxruntime's QNN flow makes, at static shapes like onnxmp's output."""
     start = time.perf_counter()
     profile = get_target(target)
     out = os.path.join(folder, f"{bench.name}-peer.onnx")
-    note = _quantize_peer(bench.model, read_npz(calib), out)
     model = onnx.load(bench.model)
     data = resolve_calibration(calib, bench.model, model, "auto")
     observed = observed_tensors(model)
     reference = run_over(make_session(model, outputs=observed), data, observed)
+    if qnn_flow:
+        ort_quantize_qnn_w8a8(fix_symbolic_dims(at_least_opset(model, 13), data, {}), read_npz(calib), out)
+        note, data = "", dataclasses.replace(data, batch=1)
+    else:
+        note = _quantize_peer(bench.model, read_npz(calib), out)
     peer = onnx.load(out)
     cpu = numerics.sqnr_db(reference, run_over(make_session(peer, outputs=observed), data, observed))
     peer = fix_symbolic_dims(peer, data, {}) if profile.static_shapes else peer
+    row = [bench.name, target, QNN_PEER if qnn_flow else PEER, "—", "uniform W8A8", "0.500"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             check = profile.verify(peer, data, observed, reference, tmp)
     except OnnxmpError as exc:
-        return [bench.name, target, PEER, "—", "uniform W8A8", "0.500", f"refused: {exc}", "—", f"{cpu:.2f}",
-                f"{time.perf_counter() - start:.0f}"]
+        return [*row, f"refused: {exc}", "—", f"{cpu:.2f}", f"{time.perf_counter() - start:.0f}"]
     placement = _placement(check) + (f"; {note}" if note else "")
-    return [bench.name, target, PEER, "—", "uniform W8A8", "0.500", placement, f"{check['sqnr_db']:.2f}", f"{cpu:.2f}",
-            f"{time.perf_counter() - start:.0f}"]
+    return [*row, placement, f"{check['sqnr_db']:.2f}", f"{cpu:.2f}", f"{time.perf_counter() - start:.0f}"]
 
 
 def main() -> None:
@@ -130,8 +139,8 @@ def main() -> None:
                 if refused:
                     notes[f"{bench.name}/{target}"] += f"; {refused}"
                 print(" | ".join(row), flush=True)
-                if target != "ort":
-                    rows.append(peer_on_target(bench, target, calib, tmp))
+                for qnn_flow in PEER_WAYS.get(target, ()):
+                    rows.append(peer_on_target(bench, target, calib, tmp, qnn_flow))
                     print(" | ".join(rows[-1]), flush=True)
     publish_merged("targets_edge.md", ("Deployment targets, measured by `python benchmarks/targets_table.py` "
             "(calibration samples per model in its note). BOPs relative to the target's all-highest "
