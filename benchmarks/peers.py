@@ -58,7 +58,10 @@ def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -
 
     with tempfile.TemporaryDirectory() as tmp:
         source, pre = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "pre.onnx")
-        onnx.save(model, source)
+        bare = onnx.ModelProto()
+        bare.CopyFrom(model)
+        del bare.metadata_props[:]  # qnn_preprocess_model (onnxruntime 1.32) fails on a model that has any
+        onnx.save(bare, source)
         if not qnn_preprocess_model(source, pre):  # False: nothing to fuse, no file written
             pre = source
         config = get_qnn_qdq_config(pre, _Reader(arrays, 1), activation_type=QuantType.QUInt8,

@@ -277,14 +277,19 @@ def _same_file_spread(rows: list[Row]) -> list[str]:
             f"{'; '.join(spreads)}."] if spreads else []
 
 
+# targets_table.py's peer rows, by their candidates cell
+PEER_NAMES = {"onnxruntime quantize_static W8A8": "onnxruntime's `quantize_static` W8A8",
+              "onnxruntime QNN flow W8A8": "onnxruntime's QNN flow W8A8 (`qnn_preprocess_model`, `get_qnn_qdq_config`)"}
+
+
 def targets_edge(folder: str = RESULTS) -> str:
     lines = [f"{source('targets_edge.md', folder)}, SQNR on the target's runtime vs onnxruntime CPU on the same file "
              "(for `qnn-htp` at budget 0.5, the BOPs of W8A8, beside onnxruntime's own W8A8 model there):"]
     for row in read_table("targets_edge.md", folder=folder):
         if row["target"] == "ort":
             continue
-        what = ("onnxruntime's `quantize_static` W8A8" if row["candidates"].startswith("onnxruntime")
-                else f"onnxmp at budget {row['budget']} ({row['chosen mix (groups)']})")
+        peer = PEER_NAMES.get(row["candidates"])
+        what = peer or f"onnxmp at budget {row['budget']} ({row['chosen mix (groups)']})"
         placement = row["placement on the target"]
         on_target = ("refused by the target's runtime" if placement.startswith("refused")
                      else f"{sqnr(row['SQNR on target dB'])} ({_placement(placement)})")

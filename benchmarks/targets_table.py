@@ -98,15 +98,19 @@ def peer_on_target(bench, target: str, calib: str, folder: str, qnn_flow: bool =
     data = resolve_calibration(calib, bench.model, model, "auto")
     observed = observed_tensors(model)
     reference = run_over(make_session(model, outputs=observed), data, observed)
-    if qnn_flow:
-        ort_quantize_qnn_w8a8(fix_symbolic_dims(at_least_opset(model, 13), data, {}), read_npz(calib), out)
-        note, data = "", dataclasses.replace(data, batch=1)
-    else:
-        note = _quantize_peer(bench.model, read_npz(calib), out)
+    row = [bench.name, target, QNN_PEER if qnn_flow else PEER, "—", "uniform W8A8", "0.500"]
+    try:
+        if qnn_flow:
+            ort_quantize_qnn_w8a8(fix_symbolic_dims(at_least_opset(model, 13), data, {}), read_npz(calib), out)
+            note, data = "", dataclasses.replace(data, batch=1)
+        else:
+            note = _quantize_peer(bench.model, read_npz(calib), out)
+    except Exception as exc:  # the peer's own failure is a result too
+        return [*row, f"failed: {type(exc).__name__}: {str(exc).strip()[:120]}", "—", "—",
+                f"{time.perf_counter() - start:.0f}"]
     peer = onnx.load(out)
     cpu = numerics.sqnr_db(reference, run_over(make_session(peer, outputs=observed), data, observed))
     peer = fix_symbolic_dims(peer, data, {}) if profile.static_shapes else peer
-    row = [bench.name, target, QNN_PEER if qnn_flow else PEER, "—", "uniform W8A8", "0.500"]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             check = profile.verify(peer, data, observed, reference, tmp)
