@@ -105,11 +105,11 @@ def peer_on_target(bench, target: str, calib: str, folder: str, qnn_flow: bool =
             note, data = "", dataclasses.replace(data, batch=1)
         else:
             note = _quantize_peer(bench.model, read_npz(calib), out)
-    except Exception as exc:  # the peer's own failure is a result too
-        return [*row, f"failed: {type(exc).__name__}: {str(exc).strip()[:120]}", "—", "—",
+        peer = onnx.load(out)
+        cpu = numerics.sqnr_db(reference, run_over(make_session(peer, outputs=observed), data, observed))
+    except Exception as exc:  # the peer's own failure (to quantize, or to run on the CPU) is a result too
+        return [*row, f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}", "—", "—",
                 f"{time.perf_counter() - start:.0f}"]
-    peer = onnx.load(out)
-    cpu = numerics.sqnr_db(reference, run_over(make_session(peer, outputs=observed), data, observed))
     peer = fix_symbolic_dims(peer, data, {}) if profile.static_shapes else peer
     try:
         with tempfile.TemporaryDirectory() as tmp:
