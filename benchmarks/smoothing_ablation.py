@@ -31,7 +31,8 @@ def uniform_w8a8(path: str, calib: str, smooth: bool) -> list[str]:
     config = OptimizeConfig(calib=calib).resolved()
     profile = get_target("ort")
     model, data, _, plan = _load_and_place(path, config, smooth)
-    params = QuantParams(model, plan, calibrate(model, plan, data), profile.range_margin)
+    params = QuantParams(model, plan, calibrate(model, plan, data), profile.range_margin,
+                         profile.range_margin_ops)
     observed = observed_tensors(model)
     simulator = Simulator(model, plan, params, data, run_over(make_session(model, outputs=observed), data, observed))
     assignment = uniform_assignment(profile.group_candidates(plan, config.candidates, model), Candidate(8, 8))

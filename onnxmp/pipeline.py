@@ -237,7 +237,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
         observed = observed_tensors(model)
         float_session = functools.cache(lambda: make_session(model, outputs=observed))
         reference = _reference(cache, float_session, data, observed)
-        params = QuantParams(model, plan, calibration, profile.range_margin)
+        params = QuantParams(model, plan, calibration, profile.range_margin, profile.range_margin_ops)
     hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
     if bits:

@@ -317,6 +317,29 @@ def test_constant_operands_are_dequantized_exactly_for_scalars(tmp_path, monkeyp
                                ReferenceEvaluator(plain).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
 
+def test_qnn_htp_widens_only_the_ranges_of_div_results(tmp_path):
+    """HTP's range headroom goes to the results of Div (where HTP wrapped a value past its range
+    end) and to no other activation: the Conv's, the Mul's keep their calibrated range."""
+    from onnxmp.pipeline import analyze
+    from onnxmp.quant import numerics
+    from onnxmp.targets import qnn_htp
+
+    path, calib = _hard_swish_cnn(tmp_path)
+    analysis = analyze(path, OptimizeConfig(target="qnn-htp", candidates=parse_candidates("W8A8"), calib=calib,
+                                            cache_dir=None))
+    stats = analysis.calibration.stats
+
+    def widened(name: str, margin: float) -> tuple:
+        lo, hi = min(stats[name].minimum, 0.0), max(stats[name].maximum, 0.0)
+        return numerics.activation_params(lo - margin * (hi - lo) if lo < 0 else lo,
+                                          hi + margin * (hi - lo) if hi > 0 else hi, 8)
+
+    assert qnn_htp.RANGE_MARGIN > 0
+    assert analysis.params.activation("hs", 8, "minmax") == pytest.approx(widened("hs", qnn_htp.RANGE_MARGIN))
+    for name in ("c0", "m"):
+        assert analysis.params.activation(name, 8, "minmax") == pytest.approx(widened(name, 0.0))
+
+
 @needs_qnn
 def test_qnn_htp_takes_float_constant_operands_once_dequantized(tmp_path):
     path, calib = _hard_swish_cnn(tmp_path)

@@ -61,9 +61,10 @@ class QuantParams:
     """Lazily computed, cached quantization parameters for one model, plan and calibration."""
 
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, calibration: Calibration,
-                 range_margin: float = 0.0) -> None:
-        """``range_margin``: each activation range widened by this fraction of its width at its
-        ends other than 0 (a target whose kernels wrap around instead of saturating there)."""
+                 range_margin: float = 0.0, margin_ops: frozenset[str] | None = None) -> None:
+        """``range_margin``: the ranges of the activations that ops of ``margin_ops`` write (None:
+        every activation) widened by this fraction of their width at their ends other than 0 (a
+        target whose kernels of those ops wrap around instead of saturating there)."""
         self.plan = plan
         self.calibration = calibration
         self.range_margin = range_margin
@@ -71,6 +72,8 @@ class QuantParams:
         self._ops = {op.node: op for op in plan.weighted_ops}
         self._activations = set(plan.activations)
         self._tied = tied_scales(model.graph, self._activations)  # output -> the input whose scale it takes
+        self._margined = self._activations if margin_ops is None else {
+            o for n in model.graph.node if n.op_type in margin_ops for o in n.output} & self._activations
         self._weights: dict[tuple[str, int], QuantizedWeight] = {}
         self._floats: dict[str, np.ndarray] = {}
         self._rounded: dict[tuple[str, int], np.ndarray] = {}  # AdaRounded integers, by (weight, bits)
@@ -89,7 +92,7 @@ class QuantParams:
     def activation(self, name: str, bits: int, method: str | None = None) -> tuple[np.float32, int]:
         name = self._tied.get(name, name)
         chosen = method or self.range_method.get((name, bits), "mse")
-        return self.calibration.stats[name].params(bits, chosen, self.range_margin)
+        return self.calibration.stats[name].params(bits, chosen, self.range_margin if name in self._margined else 0.0)
 
     def weight(self, op: WeightedOp, bits: int) -> QuantizedWeight:
         key = (op.weight, bits)

@@ -48,6 +48,7 @@ class TargetProfile:
     time_models: Callable | None = None
     runs_float: bool = True  # a layer left float (FP32) runs there (on HTP it would fall back to the CPU)
     range_margin: float = 0.0  # activation ranges widened by this fraction of their width at non-zero ends
+    range_margin_ops: frozenset[str] | None = None  # the op types whose outputs take range_margin (None: all)
     rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # float model → ops the target runs
     # activation bit-widths that op types may not read (the runtime's kernels refuse that type)
     activation_readers_refused: dict[int, frozenset[str]] = dataclasses.field(default_factory=dict)
