@@ -74,6 +74,8 @@ def model_opset(model_path: str) -> int:
 
 
 def _opset(model: onnx.ModelProto) -> int:
+    # not onnxmp.model.loader.default_opset: cold_speed.py times quantize_static in a process that
+    # imports this module and must not pay for importing onnxmp
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

@@ -10,21 +10,11 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxmp.model.graph import subgraph_reads
+from onnxmp.model.graph import GraphIndex, subgraph_reads
 
 # ops through which a constant operand is computed from initializers (a per-channel scale the
 # exporter reshaped to broadcast over the Conv's output)
 _CONSTANT_OPS = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast"})
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Each tensor's reading nodes, built once per pass: a fold changes only its own Conv's
-    output and removes the one node that read it, so the map stays right for the other Convs."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
 
 
 def _conv_parameters(conv: onnx.NodeProto, inits: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -51,22 +41,23 @@ def _replace_parameters(graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np
     graph.node.remove(after)
 
 
-def _only_reader(graph: onnx.GraphProto, conv: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]
-                 ) -> onnx.NodeProto | None:
-    """The one node reading the Conv's output, where nothing else (a graph output) needs it."""
+def _only_reader(conv: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
+    """The one node reading the Conv's output, where nothing else (a graph output) needs it. The
+    index is built once per pass: a fold changes only its own Conv's output and removes the one
+    node that read it, so the index stays right for the other Convs."""
     out = conv.output[0]
-    found = readers.get(out, [])
-    if len(found) != 1 or out in {o.name for o in graph.output}:
+    found = index.readers.get(out, [])
+    if len(found) != 1 or out in index.graph_outputs:
         return None
     return found[0]
 
 
-def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict,
-                   readers: dict[str, list[onnx.NodeProto]]) -> bool:
+def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, index: GraphIndex) -> bool:
     """Fold the BatchNormalization reading ``conv``'s output, if that is exact; True if done."""
-    bn = _only_reader(graph, conv, readers)
+    bn = _only_reader(conv, index)
     if bn is None or bn.op_type != "BatchNormalization" or len(bn.output) != 1:
         return False  # training-mode BN, or the raw conv output is needed elsewhere
+    inits = index.initializers
     parameters = _conv_parameters(conv, inits)
     if parameters is None or not all(name in inits for name in bn.input[1:5]):
         return False
@@ -81,8 +72,8 @@ def _try_fold_pair(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict,
 
 def fold_batchnorm(graph: onnx.GraphProto) -> int:
     """In place: fold each Conv → BatchNormalization pair into the Conv; returns how many."""
-    inits, readers = {t.name: t for t in graph.initializer}, _readers(graph)
-    folded = sum(_try_fold_pair(graph, node, inits, readers) for node in list(graph.node)
+    index = GraphIndex.build(graph)
+    folded = sum(_try_fold_pair(graph, node, index) for node in list(graph.node)
                  if node.op_type == "Conv" and len(node.input) >= 2)
     if folded:
         remove_unused_initializers(graph)
@@ -117,15 +108,14 @@ def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray |
     return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,))
 
 
-def _try_fold_affine(graph: onnx.GraphProto, conv: onnx.NodeProto, inits: dict,
-                     producers: dict[str, onnx.NodeProto], readers: dict[str, list[onnx.NodeProto]]) -> bool:
+def _try_fold_affine(graph: onnx.GraphProto, conv: onnx.NodeProto, index: GraphIndex) -> bool:
     """Fold the Mul or Add by a per-channel constant reading ``conv``'s output; True if done."""
-    op = _only_reader(graph, conv, readers)
+    op = _only_reader(conv, index)
     if op is None or op.op_type not in ("Mul", "Add") or len(op.input) != 2 or op.input[0] == op.input[1]:
         return False
-    parameters = _conv_parameters(conv, inits)
+    parameters = _conv_parameters(conv, index.initializers)
     other = op.input[1] if op.input[0] == conv.output[0] else op.input[0]
-    value = _constant_value(other, inits, producers)
+    value = _constant_value(other, index.initializers, index.producers)
     if parameters is None or value is None:
         return False
     weight, bias = parameters
@@ -147,9 +137,8 @@ def fold_affine(graph: onnx.GraphProto) -> int:
     the float model, but not past a quantizer on the Conv's output."""
     folded = 0
     while True:
-        inits = {t.name: t for t in graph.initializer}
-        producers, readers = {o: node for node in graph.node for o in node.output}, _readers(graph)
-        done = sum(_try_fold_affine(graph, node, inits, producers, readers) for node in list(graph.node)
+        index = GraphIndex.build(graph)
+        done = sum(_try_fold_affine(graph, node, index) for node in list(graph.node)
                    if node.op_type == "Conv" and len(node.input) >= 2)
         folded += done
         if not done:
@@ -164,8 +153,7 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> None:
     """In place: drop nodes none of whose outputs is read (the constant computations a fold
     left behind), until none is left."""
     while True:
-        used = {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]}
-        used |= {o.name for o in graph.output}
+        used = _read_names(graph)
         dead = [node for node in graph.node if not any(o in used for o in node.output if o)]
         if not dead:
             return
@@ -175,11 +163,15 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> None:
 
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     """In place: drop initializers no node reads (e.g. the float weights replaced by a fold)."""
-    used = {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]}
-    used |= {o.name for o in graph.output}
+    used = _read_names(graph)
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor a node reads (subgraphs included) or the graph outputs."""
+    return {name for node in graph.node for name in [*node.input, *subgraph_reads(node)]} | {o.name for o in graph.output}
 
 
 def unique_name(graph: onnx.GraphProto, base: str) -> str:
