@@ -52,14 +52,17 @@ def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -
     constant operand quantized) with per-channel INT8 weights and UINT8 activations calibrated
     with min/max on ``arrays``, each sample one run. ``model``: static shapes at one sample (as
     HTP needs), opset 13 or later. The plain ``quantize_static`` model leaves float constant
-    operands (hard-swish's ``/6``) that make the HTP backend refuse whole graphs (qnn_htp.py)."""
+    operands (hard-swish's ``/6``) that make the HTP backend refuse whole graphs (qnn_htp.py).
+    Constant nodes go in as initializers: the flow (onnxruntime 1.32) quantizes a Constant node's
+    output wherever it is read, a Resize's ``scales`` included: ppocr_det's [1, 1, 2, 2] become
+    [0.996, 0.996, 2, 2], the Resize drops one of 96 channels and the model stops at the Add
+    after it. Held as initializers, only the operands it quantizes by design are."""
     from onnxruntime.quantization import quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     with tempfile.TemporaryDirectory() as tmp:
         source, pre = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "pre.onnx")
-        bare = onnx.ModelProto()
-        bare.CopyFrom(model)
+        bare = _constants_as_initializers(model)
         del bare.metadata_props[:]  # qnn_preprocess_model (onnxruntime 1.32) fails on a model that has any
         onnx.save(bare, source)
         if not qnn_preprocess_model(source, pre):  # False: nothing to fuse, no file written
@@ -67,6 +70,24 @@ def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -
         config = get_qnn_qdq_config(pre, _Reader(arrays, 1), activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True)
         quantize(pre, out_path, config)
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with each tensor-valued Constant node of the main graph an initializer."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+        else:
+            nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def model_opset(model_path: str) -> int:

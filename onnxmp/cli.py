@@ -21,6 +21,7 @@ import onnxmp
 from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.model.files import check_writable
+from onnxmp.output.report import on_target_line
 from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, Inspection, OptimizeConfig, analyze, inspect_model, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
@@ -248,6 +249,9 @@ def _summary(record: dict, output: str) -> str:
         + (f"(all-{record['baseline']['candidate']}: {record['baseline']['sqnr_db']:.2f} dB)"
            if record["baseline"]["candidate"] != "FP32" else "(against the float model)"),
     ]
+    on_target = on_target_line(record)
+    if on_target:
+        lines.append(f"  {on_target}")
     target = record.get("target")
     if target:
         lines.append(f"  {target['metric']}: {target['chosen_score']:.4g} (baseline {target['baseline_score']:.4g}, "

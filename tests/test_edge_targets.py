@@ -181,6 +181,118 @@ def test_a_width_the_target_refuses_gives_way_to_the_next_best(monkeypatch, tmp_
         optimize(DIGITS, None, config)
 
 
+def _elementwise_then_clamp(mid_quantizer: bool, op: str = "Add", clamp: str = "Relu") -> onnx.ModelProto:
+    """Two 8-bit inputs → ``op`` → [QuantizeLinear → DequantizeLinear] → ``clamp`` → 8-bit output:
+    the pair HTP may compute without the rounding between."""
+    n, inits, nodes = helper.make_node, [], []
+
+    def qdq(tensor: str, lo: float, hi: float) -> str:
+        scale = np.float32((hi - lo) / 255)
+        inits.extend([numpy_helper.from_array(scale, f"{tensor}_s"),
+                      numpy_helper.from_array(np.uint8(round(-lo / scale)), f"{tensor}_z")])
+        nodes.extend([n("QuantizeLinear", [tensor, f"{tensor}_s", f"{tensor}_z"], [f"{tensor}_q"]),
+                      n("DequantizeLinear", [f"{tensor}_q", f"{tensor}_s", f"{tensor}_z"], [f"{tensor}_dq"])])
+        return f"{tensor}_dq"
+
+    a, b = qdq("x", -4, 4), qdq("y", -4, 4)
+    nodes.append(n(op, [a, b], ["s"]))
+    bounds = [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    inits.extend(bounds if clamp == "Clip" else [])
+    nodes.append(n(clamp, [qdq("s", -8, 8) if mid_quantizer else "s", *(["lo", "hi"] if clamp == "Clip" else [])],
+                   ["r"]))
+    nodes.append(n("Identity", [qdq("r", 0, 6)], ["out"]))
+    shape = [1, 16, 8, 8]
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info(v, TensorProto.FLOAT, shape) for v in "xy"],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_qnn
+@pytest.mark.parametrize("op,clamp", [("Add", "Relu"), ("Mul", "Clip"), ("Sub", "Relu")])
+def test_htp_writes_an_elementwise_result_at_its_clamps_scale_without_rounding_between(op, clamp):
+    """What qnn-htp's CLAMP_FUSED_OPS rests on, measured on the runtime: with a quantizer between
+    the op and the Relu/Clip, HTP's output is bit-identical to the graph without one, where
+    onnxruntime CPU rounds twice; after a Div, HTP rounds there too (not in the set)."""
+    from onnxmp.targets.qnn_htp import CLAMP_FUSED_OPS, htp_session
+
+    rng = np.random.default_rng(0)
+    feeds = {v: rng.uniform(-4, 4, (1, 16, 8, 8)).astype(np.float32) for v in "xy"}
+
+    def htp(model):
+        return htp_session(model)[0].run(None, feeds)[0]
+
+    with_mid, without = _elementwise_then_clamp(True, op, clamp), _elementwise_then_clamp(False, op, clamp)
+    assert op in CLAMP_FUSED_OPS
+    np.testing.assert_array_equal(htp(with_mid), htp(without))
+    assert not np.array_equal(make_session(with_mid).run(None, feeds)[0], make_session(without).run(None, feeds)[0])
+    assert "Div" not in CLAMP_FUSED_OPS
+    assert not np.array_equal(htp(_elementwise_then_clamp(True, "Div", clamp)),
+                              htp(_elementwise_then_clamp(False, "Div", clamp)))
+
+
+def test_qnn_htp_puts_no_quantizer_between_an_add_or_mul_and_the_relu_or_clip_after_it():
+    """x → Conv → [Add x] → Relu, → [Mul] → Clip, → [Div] → Relu: on qnn-htp the Add's and Mul's
+    outputs are not quantized (the record says why), the Div's is; the generic layout (the paper's)
+    quantizes every one."""
+    from onnxmp.quant.groups import QUANTIZED_OPS
+
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]), n("Add", ["c", "x"], ["s"], name="add"),
+             n("Relu", ["s"], ["r"], name="relu"), n("Mul", ["r", "x"], ["m"], name="mul"),
+             n("Clip", ["m", "lo", "hi"], ["k"], name="clip"), n("Div", ["k", "x"], ["d"], name="div"),
+             n("Relu", ["d"], ["y"], name="relu2")]
+    inits = [numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 4, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    htp = get_target("qnn-htp")
+    plan = find_quantizers(model, quantized_ops=QUANTIZED_OPS | htp.extra_quantized_ops,
+                           clamp_fused_ops=htp.clamp_fused_ops)
+    assert {"s", "m"}.isdisjoint(plan.activations) and {"x", "r", "k", "d", "y"} <= set(plan.activations)
+    reasons = {s.name: s.reason for s in plan.skips}
+    assert "Relu/Clip" in reasons["s"] and "Relu/Clip" in reasons["m"]
+    assert {"s", "m", "d"} <= set(find_quantizers(model, quantized_ops=QUANTIZED_OPS).activations)
+
+
+@pytest.mark.parametrize("uniform_better", [True, False])
+def test_the_more_accurate_on_the_target_of_the_choice_and_uniform_ships(uniform_better, monkeypatch, tmp_path):
+    """Where the target's runtime scores the output, the budget's point and the best uniform point
+    within the budget both run there and the better one ships; the record gives both figures.
+    Here a runtime where mixing weight widths costs 5 dB, or not mixing them: the budget 0.75 point mixes
+    W4A8 and W8A8, and uniform W4A8 is within the budget."""
+    from onnxmp import pipeline
+
+    def verify(model, data, observed, reference, folder):  # int4 weights beside int8 ones cost 5 dB, or the reverse
+        types = {t.data_type for t in model.graph.initializer if t.name.endswith("_quantized")}
+        mixed = {TensorProto.INT4, TensorProto.INT8} <= types
+        return {"sqnr_db": 30.0 - 5 * (mixed == uniform_better), "broken_promise": None}
+
+    config = OptimizeConfig(budget=0.75, calib="models/digits/calib.npz", cache_dir=str(tmp_path / "cache"),
+                            target="qnn-htp", candidates=parse_candidates("W4A8,W8A8"), adaround="off")
+    monkeypatch.setattr(pipeline, "get_target", lambda name: dataclasses.replace(get_target("qnn-htp"), verify=None))
+    plain = optimize(DIGITS, None, config).record  # no runtime to compare on
+    profile = dataclasses.replace(get_target("qnn-htp"), verify=verify)
+    monkeypatch.setattr(pipeline, "get_target", lambda name: profile)
+    # uniform W4A8 simulates 10+ dB below the mix: by default it does not run on the target
+    assert "compared_sqnr_db" not in optimize(DIGITS, None, config).record["deployment_target"]["verification"]
+    monkeypatch.setattr(pipeline, "RIVAL_WITHIN_DB", 100.0)
+    out = tmp_path / "htp.onnx"
+    record = optimize(DIGITS, str(out), config).record
+    compared = record["deployment_target"]["verification"]["compared_sqnr_db"]
+    assert set(plain["chosen"]["mix"]) == {"W4A8", "W8A8"}
+    assert set(compared) == {"chosen point", "uniform W4A8", "shipped"}
+    assert compared["uniform W4A8"] - compared["chosen point"] == (5.0 if uniform_better else -5.0)
+    if uniform_better:
+        assert compared["shipped"] == "uniform W4A8" and set(record["chosen"]["mix"]) == {"W4A8"}
+        assert record["chosen"]["budget_choice"]["fallback"] == "uniform W4A8, more accurate on qnn-htp"
+        assert {t.data_type for t in onnx.load(str(out)).graph.initializer
+                if t.name.endswith("_weight_quantized")} == {TensorProto.INT4}
+    else:  # the chosen point ships as it would have without the comparison (its ranges restored)
+        assert compared["shipped"] == "chosen point" and set(record["chosen"]["mix"]) == {"W4A8", "W8A8"}
+        assert record["chosen"]["sqnr_db_ort_default"] == pytest.approx(plain["chosen"]["sqnr_db_ort_default"])
+
+
 def test_fix_symbolic_dims_gives_a_static_model_computing_the_same(tmp_path):
     model = prepare_model(onnx.load(DIGITS))
     data = CalibrationSet("test", {"input": np.load("models/digits/calib.npz")["input"][:4]})

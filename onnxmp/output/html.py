@@ -201,13 +201,21 @@ def _layers(record: dict) -> str:
             "— where the target does not allow it or it equals another candidate.</p>")
 
 
+def _cell(value) -> object:
+    """A verification value for one table cell: lists cut at 8 items, mappings as key: value."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value[:8])) + (" …" if len(value) > 8 else "")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {f'{v:.2f}' if isinstance(v, float) else v}" for k, v in value.items())
+    return value
+
+
 def _verification(record: dict) -> str:
     target = record["deployment_target"]
     verification = target.get("verification")
     if not verification:
         return f"<p>--target {_e(target['name'])}: no separate runtime check (the output's SQNR above is onnxruntime's).</p>"
-    rows = [[key, ", ".join(map(str, value[:8])) + (" …" if len(value) > 8 else "") if isinstance(value, list) else value]
-            for key, value in verification.items()]
+    rows = [[key, _cell(value)] for key, value in verification.items()]
     broken = verification.get("broken_promise")
     note = f'<p class="warn">{_e(broken)}</p>' if broken else ""
     return note + _table(["check", "result"], rows)

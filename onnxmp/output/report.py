@@ -162,6 +162,20 @@ def plot_pareto(record: dict, path: str) -> bool:
     return True
 
 
+def on_target_line(record: dict) -> str | None:
+    """The output's SQNR as the target's own runtime computes it (and, where the budget's point and
+    a uniform one both ran there, both figures), or None where no runtime checked it."""
+    verification = record["deployment_target"].get("verification") or {}
+    if verification.get("sqnr_db") is None:
+        return None
+    line = f"on {record['deployment_target']['name']}'s runtime: output SQNR {verification['sqnr_db']:.2f} dB"
+    compared = verification.get("compared_sqnr_db")
+    if compared:
+        line += ("; " + ", ".join(f"{k} {v:.2f} dB" for k, v in compared.items() if k != "shipped")
+                 + f" there: {compared['shipped']} ships")
+    return line
+
+
 def summary_markdown(record: dict, plot: str | None) -> str:
     """A short human-readable summary with the per-layer bit-width table."""
     chosen, base = record["chosen"], record["baseline"]
@@ -173,6 +187,9 @@ def summary_markdown(record: dict, plot: str | None) -> str:
               f"- output SQNR: {chosen['sqnr_db_ort_default']:.2f} dB on onnxruntime (default session), "
               f"{chosen['simulated_sqnr_db']:.2f} dB simulated; all-{base['candidate']}: {base['sqnr_db']:.2f} dB",
               f"- mix: {', '.join(f'{n}× {c}' for c, n in chosen['mix'].items())}"]
+    on_target = on_target_line(record)
+    if on_target:
+        lines.append(f"- {on_target}")
     if record["target"]:
         t = record["target"]
         lines.append(f"- {t['metric']}: baseline {t['baseline_score']:.4g}, chosen {t['chosen_score']:.4g} "

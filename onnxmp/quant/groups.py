@@ -228,9 +228,12 @@ def _unit_skips(units: list, why: str) -> list[Skip]:
 
 
 def _activation_candidates(model: onnx.ModelProto, index: GraphIndex, keep_float: Mapping[str, str],
-                           quantized_ops: frozenset[str], float_units: bool = False) -> tuple[list[str], list[Skip]]:
+                           quantized_ops: frozenset[str], float_units: bool = False,
+                           clamp_fused_ops: frozenset[str] = frozenset()) -> tuple[list[str], list[Skip]]:
     """Float tensors read or written by quantized ops, in graph order, and those skipped;
-    ``float_units``: the ops inside recognised decompositions are not quantized."""
+    ``float_units``: the ops inside recognised decompositions are not quantized;
+    ``clamp_fused_ops``: op types whose output, where only a Relu or Clip reads it, the runtime
+    writes at the Relu/Clip's scale without a rounding in between (not quantized)."""
     graph = model.graph
     chosen: dict[str, None] = {}
     skips: list[Skip] = [Skip(name, reason) for name, reason in keep_float.items()]
@@ -242,6 +245,13 @@ def _activation_candidates(model: onnx.ModelProto, index: GraphIndex, keep_float
              if isinstance(_try_weighted_op(node, index), WeightedOp) and _is_fused_output(node.output[0], index)}
     for name in sorted(fused):
         skips.append(Skip(name, f"output of {index.producers[name].name} fused into the following activation"))
+    clamped = {node.output[0] for node in graph.node if node.op_type in clamp_fused_ops and node.op_type in quantized_ops
+               and node.output and _read_only_by(node.output[0], index, REMOVABLE_ACTIVATIONS)}
+    for name in sorted(clamped):
+        node = index.producers[name]
+        skips.append(Skip(name, f"output of {node.name} ({node.op_type}) read only by Relu/Clip: the target computes "
+                                "the pair without a rounding between, the quantizer goes after the Relu/Clip"))
+    fused |= clamped
     for node in graph.node:
         if node.op_type not in quantized_ops or node.name in unit_nodes:
             continue
@@ -319,17 +329,19 @@ def _integer_activations(model: onnx.ModelProto, index: GraphIndex, keep_float: 
 
 def find_quantizers(model: onnx.ModelProto, keep_float: Mapping[str, str] | None = None,
                     quantized_ops: frozenset[str] = QUANTIZED_OPS, integer: IntegerPlacement | None = None,
-                    float_units: bool = False) -> QuantPlan:
+                    float_units: bool = False, clamp_fused_ops: frozenset[str] = frozenset()) -> QuantPlan:
     """Find every quantizer and group them; raise NothingToQuantizeError if there is none.
     ``keep_float`` maps tensors that must stay float to the reason why; ``quantized_ops``: the
     op types whose float inputs and outputs are quantized (a target may need more); ``integer``:
     instead, quantize only where the target computes in integer; ``float_units``: around every
-    quantized op but inside recognised decompositions (LayerNorm, GELU, ...)."""
+    quantized op but inside recognised decompositions (LayerNorm, GELU, ...); ``clamp_fused_ops``:
+    around every op, but not between one of these and a Relu/Clip that alone reads its output."""
     graph = model.graph
     index = GraphIndex.build(graph)
     coupled: list[tuple[str, str]] = []
     if integer is None:
-        activations, skips = _activation_candidates(model, index, keep_float or {}, quantized_ops, float_units)
+        activations, skips = _activation_candidates(model, index, keep_float or {}, quantized_ops, float_units,
+                                                    clamp_fused_ops)
     else:
         activations, skips, coupled = _integer_activations(model, index, keep_float or {}, integer)
     quantized = set(activations)

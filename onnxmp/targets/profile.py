@@ -40,6 +40,9 @@ class TargetProfile:
     placement: IntegerPlacement | None = None
     smooth_quant: bool = False  # SmoothQuant the inputs of MatMuls with constant weights before quantizing
     float_units: bool = False  # with placement None: recognised decompositions (LayerNorm, GELU, ...) stay float
+    # with placement None: op types whose output the runtime writes straight at the scale of a Relu/Clip
+    # that alone reads it (no quantizer between the two)
+    clamp_fused_ops: frozenset[str] = frozenset()
     default_metric: str = "bops"  # the cost metric that tracks what the target pays
     latency: LatencyTable | None = None  # measured time per MAC of each op type and candidate (metric latency)
     # (model, plan, data, weights) -> {node: {"FP32": ms, "W8A8": ms}}: each layer timed on this machine
