@@ -278,7 +278,11 @@ def test_the_more_accurate_on_the_target_of_the_choice_and_uniform_ships(uniform
     assert "compared_sqnr_db" not in optimize(DIGITS, None, config).record["deployment_target"]["verification"]
     monkeypatch.setattr(pipeline, "RIVAL_WITHIN_DB", 100.0)
     out = tmp_path / "htp.onnx"
-    record = optimize(DIGITS, str(out), config).record
+    record = optimize(DIGITS, str(out), dataclasses.replace(config, report_dir=str(tmp_path / "report"))).record
+    shipped = "uniform W4A8" if uniform_better else "chosen point"
+    assert f"there: {shipped} ships" in (tmp_path / "report" / "summary.md").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert f"chosen point: {30.0 - 5 * uniform_better:.2f}, uniform W4A8: {25.0 + 5 * uniform_better:.2f}" in html
     compared = record["deployment_target"]["verification"]["compared_sqnr_db"]
     assert set(plain["chosen"]["mix"]) == {"W4A8", "W8A8"}
     assert set(compared) == {"chosen point", "uniform W4A8", "shipped"}
