@@ -57,7 +57,7 @@ WRAPPING_OPS = frozenset({"Div"})
 # HTP writes the result of these straight at the scale of a Relu or Clip that alone reads it: with
 # a QuantizeLinear/DequantizeLinear pair between, its output is bit-identical to the graph without
 # one (an Add, Sub or Mul of two 8-bit tensors, then Relu or Clip(0, 6); the digits CNN's residual
-# Add → Relu on 700 samples), where onnxruntime rounds twice (1-2 steps apart). So no quantizer
+# Add → Relu on 232 samples), where onnxruntime rounds twice (1-2 steps apart). So no quantizer
 # goes there, and the simulation computes what HTP does. Div, Max and Concat keep it (HTP rounds
 # at their outputs as written).
 CLAMP_FUSED_OPS = frozenset({"Add", "Sub", "Mul"})
