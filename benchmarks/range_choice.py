@@ -27,7 +27,6 @@ Writes benchmarks/results/range_choice.md (rows of models not run this time are 
 from __future__ import annotations
 
 import argparse
-import collections
 import math
 import os
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, HERE)
 from common import bench_models, git_state, publish_merged, samples_calib_only  # noqa: E402
 
 from onnxmp import OptimizeConfig  # noqa: E402
+from onnxmp.model.graph import GraphIndex  # noqa: E402
 from onnxmp.pipeline import analyze  # noqa: E402
 from onnxmp.quant import numerics  # noqa: E402
 from onnxmp.runtime.session import make_session, run_over  # noqa: E402
@@ -57,13 +57,10 @@ HEADER = ["model", "groups with a choice", "output prefers min/max", *(f"local, 
 def probes(graph: onnx.GraphProto, tensors: tuple[str, ...]) -> dict[int, list[str]]:
     """Per depth, the tensors that many ops downstream of ``tensors`` (the frontier of a
     breadth-first walk over readers; where it ends, the last frontier)."""
-    readers = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    readers = GraphIndex.build(graph).readers
     found, frontier, visited = {}, set(tensors), set()
     for depth in range(1, max(DEPTHS) + 1):
-        step = [n for t in frontier for n in readers[t] if n.name not in visited]
+        step = [n for t in frontier for n in readers.get(t, []) if n.name not in visited]
         visited.update(n.name for n in step)
         frontier = {o for n in step for o in n.output if o} or frontier
         if depth in DEPTHS:

@@ -639,18 +639,17 @@ def _uniform_rival(analysis: Analysis, curve: ParetoCurve, choice: Choice, chose
     point and that one simulated within ``RIVAL_WITHIN_DB`` of it: what ``_better_on_target``
     runs beside it."""
     limit = config.budget * curve.baseline_cost * (1 + 1e-9)
-    fits = [(u["nsr"], name) for name, u in uniform.items() if u["cost"] <= limit and u["nsr"] > 0]
+    fits = [c for c in config.candidates if not c.is_float and uniform[str(c)]["cost"] <= limit]
     if not fits:
         return None
-    nsr, name = min(fits)
-    if numerics.nsr_to_db(nsr) < numerics.nsr_to_db(chosen_nsr) - RIVAL_WITHIN_DB:
+    cand = min(fits, key=lambda c: uniform[str(c)]["nsr"])
+    point = uniform[str(cand)]
+    if numerics.nsr_to_db(point["nsr"]) < numerics.nsr_to_db(chosen_nsr) - RIVAL_WITHIN_DB:
         return None
-    cand = next(c for c in config.candidates if str(c) == name)
     assignment = uniform_assignment(analysis.allowed, cand)
     if assignment == choice.assignment:
         return None
-    cost = uniform[name]["cost"]
-    return f"uniform {name}", Choice(assignment, cost, cost / curve.baseline_cost, nsr, -1, True)
+    return f"uniform {cand}", Choice(assignment, point["cost"], point["cost"] / curve.baseline_cost, point["nsr"], -1, True)
 
 
 def _better_on_target(analysis: Analysis, first: tuple, rival: tuple[str, Choice], methods: Mapping, table: dict,
