@@ -266,7 +266,7 @@ def _summary(record: dict, output: str) -> str:
                      f"{latency['vs_float']:.2f}x float ({others})")
         timed = latency.get("cheapest_timed")
         if timed:
-            lines.append(f"  below the cheapest point, timed whole: the estimate's cheapest point "
+            lines.append(f"  at the cheapest point's speed, timed whole: the estimate's point "
                          f"{timed['ms']['cheapest estimate']:.3g} ms, uniform W8A8 {timed['ms']['uniform W8A8']:.3g} ms; "
                          f"shipped: {timed['shipped']}")
     if record["cache"]["hit"]:

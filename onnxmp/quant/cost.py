@@ -19,6 +19,12 @@ from onnxmp.quant.candidates import Assignment, Candidate
 from onnxmp.quant.groups import QuantPlan
 
 METRICS = ("bops", "memory", "bytes", "latency")
+# a measured W8A8 layer counts as faster than float only where it saves at least this fraction of
+# its float time: between passes on a shared 2-core machine a layer's ratio moved by up to 0.18
+# (ppocr_det, three passes: p2o.Conv.34 0.71-0.89, p2o.Conv.2 0.94-1.05); a layer inside that
+# band would join the cheapest point in one run and not the next (p2o.Conv.2's group: 32.0 against
+# 25.5 dB for an estimated 1.4% of the time)
+MIN_MEASURED_SAVING = 0.2
 METRIC_HELP = ("bops: MACs x weight bits x activation bits; memory: weight bits; bytes: weight bytes plus, per "
                "sample, every quantized activation tensor's bytes at its width (float: 4 bytes an element); latency: "
                "MACs x each layer's time relative to float on the target's runtime, W8A8 measured layer by layer on "
@@ -90,10 +96,12 @@ class CostModel:
     def _layer_time(self, node: str, op_type: str, macs: int, cand: Candidate) -> float:
         """A layer's time at a candidate, in float-MAC units: its MACs times the candidate's time
         relative to float, for W8A8 the ratio measured on the layer itself (rounded to a tenth,
-        so that timing noise rarely changes a choice), else its op type's factor."""
+        and no less than 1 where it saves less than ``MIN_MEASURED_SAVING``, so that timing noise
+        rarely changes a choice), else its op type's factor."""
         measured = (self.layer_ms or {}).get(node)
         if measured is not None and not cand.is_float and str(cand) in measured:
-            return macs * round(measured[str(cand)] / max(measured["FP32"], 1e-9), 1)
+            ratio = round(measured[str(cand)] / max(measured["FP32"], 1e-9), 1)
+            return macs * (ratio if ratio <= 1 - MIN_MEASURED_SAVING else max(ratio, 1.0))
         return macs * self.latency.factor(op_type, cand)
 
     def total(self, assignment: Assignment, metric: str) -> float:

@@ -9,8 +9,8 @@ layer as the export writes it at W8A8 (QuantizeLinear/DequantizeLinear on the in
 per-channel weight and INT32 bias behind DequantizeLinear, the output quantized where its kernel
 needs it), one thread, interleaved runs, the fastest. The conversions at the layer's ends are in
 the W8A8 time: a layer between float ops pays them, but a chain of integer layers pays them once,
-which this additive estimate does not see; so where the budget is below the cheapest point, the
-pipeline times that point and uniform W8A8 whole (``compare_models``) and ships the faster.
+which this additive estimate does not see; so where the budget is below (or by default near) the
+cheapest point, the pipeline times its point and uniform W8A8 whole (``compare_models``) and ships the faster.
 """
 
 from __future__ import annotations
