@@ -255,7 +255,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             rounding = apply_adaround(model, plan, params, data, bits,
                                       AdaRoundConfig(iterations=config.adaround_iterations), cache,
                                       _stage_progress(progress, "adaround"), config.workers)
-    simulator = Simulator(model, plan, params, data, reference)
+    largest = 4 * max(ranges.activation_elements.values(), default=0)  # bytes a sample, float32
+    simulator = Simulator(model, plan, params, data.in_runs_under(largest), reference)
     with _timed(timings, "phase1"):
         if hit:
             params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})

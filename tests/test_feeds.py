@@ -317,6 +317,11 @@ def test_calibration_passes_run_in_small_runs_where_the_batch_is_free(tmp_path):
     data = make_calibration_set({"x": x}, model, "test")
     assert data.batched and not data.fixed_batch and data.batch == 16
     assert [len(f["x"]) for f in data.in_runs_of(calib_module.RUN_SAMPLES).feeds()] == [4, 4, 2]
+    # the simulator's runs: a power of two of samples whose largest activation fits the run's bytes
+    assert data.in_runs_under(3 << 20, run_bytes=12 << 20).batch == 4
+    assert data.in_runs_under(5 << 20, run_bytes=12 << 20).batch == 2
+    assert data.in_runs_under(20 << 20, run_bytes=12 << 20).batch == 1  # one sample even where it overflows
+    assert data.in_runs_under(1 << 10, run_bytes=12 << 20) is data  # never above the batch given
     runs = []
     plan = find_quantizers(model)
     stats = calibrate(model, plan, data, lambda done, total, _: runs.append(total)).stats
@@ -332,7 +337,7 @@ def test_calibration_passes_run_in_small_runs_where_the_batch_is_free(tmp_path):
     fixed.CopyFrom(model)
     fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     data = make_calibration_set({"x": x}, fixed, "test")
-    assert data.fixed_batch and data.in_runs_of(1) is data
+    assert data.fixed_batch and data.in_runs_of(1) is data and data.in_runs_under(1 << 30) is data
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
