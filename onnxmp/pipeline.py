@@ -246,7 +246,9 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             calibration = fill_histograms(model, data, ranges, low, _stage_progress(progress, "calibrate"))
         observed = observed_tensors(model)
         float_session = functools.cache(lambda: make_session(model, outputs=observed))
-        reference = _reference(cache, float_session, data, observed)
+        largest = 4 * max(ranges.activation_elements.values(), default=0)  # bytes a sample, float32
+        runs = data.in_runs_under(largest)  # the float and simulated passes from here on
+        reference = _reference(cache, float_session, runs, observed)
         params = QuantParams(model, plan, calibration, profile.range_margin, profile.range_margin_ops)
     hit = reuse and cached.get("groups") == len(plan.groups) and _holds(cached["sensitivity"], worth)
     rounding = None
@@ -255,8 +257,7 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             rounding = apply_adaround(model, plan, params, data, bits,
                                       AdaRoundConfig(iterations=config.adaround_iterations), cache,
                                       _stage_progress(progress, "adaround"), config.workers)
-    largest = 4 * max(ranges.activation_elements.values(), default=0)  # bytes a sample, float32
-    simulator = Simulator(model, plan, params, data.in_runs_under(largest), reference)
+    simulator = Simulator(model, plan, params, runs, reference)
     with _timed(timings, "phase1"):
         if hit:
             params.range_method.update({(n, int(b)): m for n, b, m in cached["range_method"]})
@@ -264,8 +265,8 @@ def analyze(input_path: str, config: OptimizeConfig = OptimizeConfig(), progress
             sensitivities = [Sensitivity(gid, Candidate.parse(c), nsr, ev) for gid, c, nsr, ev in cached["sensitivity"]]
             logger.info("Phase 1 results reused from the cache (%s)", cache.folder)
         else:
-            subset = _phase1_subset(data, config.phase1_samples)
-            ranker = simulator if subset is data else simulator.on_data(subset, run_over(float_session(), subset, observed))
+            subset = _phase1_subset(runs, config.phase1_samples)
+            ranker = simulator if subset is runs else simulator.on_data(subset, run_over(float_session(), subset, observed))
             phase1 = sensitivity_list(ranker, plan.groups, config.candidates, _stage_progress(progress, "phase 1"),
                                       config.workers, config.max_memory, config.backend, worth)
             base_nsr, sensitivities = phase1.base_nsr, phase1.sensitivities
@@ -724,7 +725,7 @@ def _ship(analysis: Analysis, choice: Choice, config: OptimizeConfig, profile
                        "float model", config.target, config.metric)
     with _timed(timings, "export"):
         qdq = _export(analysis, choice.assignment)
-        shipped = _measure_exported(qdq, analysis.data, simulator.observed, simulator.reference)
+        shipped = _measure_exported(qdq, simulator.data, simulator.observed, simulator.reference)
     qdq = _deployable(qdq, analysis.data, config)
     latency = _time_shipped(profile, qdq, choice.assignment, analysis, config, timings)
     on_target = None
