@@ -242,8 +242,8 @@ def _summary(record: dict, output: str) -> str:
         f"wrote {output}",
         f"  mix: {', '.join(f'{n}x {c}' for c, n in chosen['mix'].items())} "
         f"({record['counts']['groups']} groups)",
-        f"  cost: {chosen['relative_cost']:.3f} of {record['baseline']['candidate']} "
-        f"({record['options']['metric']})",
+        f"  cost: {chosen['relative_cost']:.3f} of {record['baseline']['candidate']} ({record['options']['metric']}"
+        + (f"; budget {record['options']['budget']:.3f})" if record["options"]["budget"] is not None else ")"),
         f"  output SQNR: {chosen['sqnr_db_ort_default']:.2f} dB on onnxruntime default, "
         f"{chosen['sqnr_db_ort_precise']:.2f} dB precise, {chosen['simulated_sqnr_db']:.2f} dB simulated "
         + (f"(all-{record['baseline']['candidate']}: {record['baseline']['sqnr_db']:.2f} dB)"

@@ -36,6 +36,7 @@ def test_cli_runs_and_reports(cnn_path, tmp_path, capsys):
     # the layers' measured W8A8 times cannot go that low (this CNN's convs are tiny)
     cheapest = record["pareto_curve"][-1]["relative_cost"]
     assert record["options"]["budget"] == pytest.approx(max(0.5, min(cheapest + LATENCY_SLACK, 1.0)))
+    assert f"(latency; budget {record['options']['budget']:.3f})" in printed  # the budget used, said
     assert record["chosen"]["relative_cost"] <= record["options"]["budget"] + 1e-9 and out.exists()
 
 

@@ -181,7 +181,7 @@ def summary_markdown(record: dict, plot: str | None) -> str:
     chosen, base = record["chosen"], record["baseline"]
     lines = [f"# onnxmp: {os.path.basename(record['input'])}", ""]
     goal = (f"accuracy target: drop at most {record['options']['target_drop']}" if record["target"]
-            else f"budget {record['options']['budget']} of all-{base['candidate']} {record['options']['metric']}")
+            else f"budget {record['options']['budget']:.3f} of all-{base['candidate']} {record['options']['metric']}")
     lines += [f"- {goal}",
               f"- chosen cost: {chosen['relative_cost']:.3f} (BOPs {chosen['bops']:.4g}, weights {chosen['memory_bytes']:.0f} bytes)",
               f"- output SQNR: {chosen['sqnr_db_ort_default']:.2f} dB on onnxruntime (default session), "
