@@ -22,7 +22,7 @@ from onnxmp.errors import ConfigError, OnnxmpError
 from onnxmp.finetune.runner import FinetuneConfig, default_train_env, finetune, setup_train_env
 from onnxmp.model.files import check_writable
 from onnxmp.output.report import on_target_line
-from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, Inspection, OptimizeConfig, analyze, inspect_model, optimize
+from onnxmp.pipeline import DEFAULT_PHASE1_SAMPLES, LATENCY_SLACK, Inspection, OptimizeConfig, analyze, inspect_model, optimize
 from onnxmp.quant import numerics
 from onnxmp.quant.candidates import DEFAULT_CANDIDATES, parse_candidates
 from onnxmp.quant.cost import METRIC_HELP, METRICS
@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("output", help="where to write the QDQ model")
     opt.add_argument("--budget", type=float, default=None,
                      help="cost budget as a fraction of the all-highest-candidate cost (default 0.5, or the cheapest "
-                          "assignment where the target cannot go that low)")
+                          f"assignment where the target cannot go that low; under latency at least {LATENCY_SLACK} of the float "
+                          "time above the cheapest, which moves with this machine's speed)")
     opt.add_argument("--metric", choices=METRICS, default=None,
                      help="cost metric (default: the target's, latency on ort, bops elsewhere): " + METRIC_HELP)
     opt.add_argument("--target-drop", help="instead of a budget: the largest allowed drop of the evaluator's "
