@@ -68,7 +68,7 @@ DEFAULT_BUDGET = 0.5
 DEFAULT_PHASE1_SAMPLES = 0
 # under the latency metric the default budget is at least this much (a fraction of the float
 # time) above the cheapest point. The cheapest point's cost moves between cold runs with the
-# machine's speed (ppocr_det: 0.469 to 0.502 of float in six runs), so a fixed 0.5 fell on it in
+# machine's speed (ppocr_det: 0.445 to 0.502 of float in nine runs), so a fixed 0.5 fell on it in
 # some runs and a few steps above it in others (26.6 to 35.1 dB); measured from it, the curve's
 # steps stay put, and the last 2% of the time are its least efficient moves (on ppocr_det, group 12
 # alone: 9 dB estimated for under 1% of the time)
@@ -619,10 +619,11 @@ def _fastest_of_cheapest(analysis: Analysis, curve: ParetoCurve, choice: Choice,
                          ) -> tuple[Choice, float, dict | None]:
     """Where the budget is below the cheapest point, or by default within ``LATENCY_SLACK`` of it
     (the fastest model is asked for), the estimate's point and uniform W8A8 timed whole on the
-    target's runtime, and the faster one kept: the per-layer estimate prices each integer layer with the conversions at
-    its ends, which a chain of integer layers does not run, so the all-integer model can be the
-    faster one (digits: 0.77x float against 0.82x for the mix the estimate put level with it,
-    benchmarks/results/deploy.md at 000bf26). Returns the choice, its NSR and what was timed."""
+    target's runtime, and the faster one kept: the per-layer estimate prices each integer layer
+    with the conversions at its ends, which a chain of integer layers does not run, so the
+    all-integer model can be the faster one (digits: 0.77x float against 0.82x for the mix the
+    estimate put level with it, benchmarks/results/deploy.md at 000bf26). Returns the choice, its
+    NSR and what was timed."""
     w8a8 = Candidate(8, 8)
     if profile.time_models is None or w8a8 not in curve.candidates or is_large(analysis.model):
         return choice, chosen_nsr, None
