@@ -60,9 +60,13 @@ def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -
     from onnxruntime.quantization import quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
+    from onnxmp.model.loader import constants_to_initializers  # here: cold_speed.py imports this module bare
+
     with tempfile.TemporaryDirectory() as tmp:
         source, pre = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "pre.onnx")
-        bare = _constants_as_initializers(model)
+        bare = onnx.ModelProto()
+        bare.CopyFrom(model)
+        constants_to_initializers(bare.graph)
         del bare.metadata_props[:]  # qnn_preprocess_model (onnxruntime 1.32) fails on a model that has any
         onnx.save(bare, source)
         if not qnn_preprocess_model(source, pre):  # False: nothing to fuse, no file written
@@ -70,24 +74,6 @@ def ort_quantize_qnn_w8a8(model: onnx.ModelProto, arrays: Data, out_path: str) -
         config = get_qnn_qdq_config(pre, _Reader(arrays, 1), activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True)
         quantize(pre, out_path, config)
-
-
-def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with each tensor-valued Constant node of the main graph an initializer."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = []
-    for node in out.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(node.attribute[0].t)
-            tensor.name = node.output[0]
-            out.graph.initializer.append(tensor)
-        else:
-            nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
 
 
 def model_opset(model_path: str) -> int:

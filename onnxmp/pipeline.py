@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -45,7 +46,7 @@ from onnxmp.search.evaluate import Evaluator, agreement_evaluator, call_evaluato
 from onnxmp.search.pareto import Choice, ParetoCurve, choose_for_budget, group_ladder, pareto_curve
 from onnxmp.search.partial import DEFAULT_MAX_MEMORY
 from onnxmp.search.phase1 import sensitivity_list
-from onnxmp.search.refine import refine_ranges
+from onnxmp.search.refine import Refinement, refine_ranges
 from onnxmp.search.sensitivity import Sensitivity
 from onnxmp.search.simulate import Simulator
 from onnxmp.targets import get_target
@@ -482,9 +483,9 @@ def optimize(input_path: str, output_path: str | None, config: OptimizeConfig = 
                 families[rank]["refused_on_target"] = str(exc)
         rival = _uniform_rival(analysis, curve, choice, chosen_nsr, uniform, config) if on_target else None
         if rival is not None:
-            shipment = _better_on_target(analysis, (choice, chosen_nsr, refinement, qdq, shipped, latency, on_target),
-                                         rival, methods, table, config, profile)
-            if shipment[0] is rival[1]:
+            shipment = _better_on_target(analysis, Shipment(choice, chosen_nsr, refinement, qdq, shipped, latency,
+                                                            on_target), rival, methods, table, config, profile)
+            if shipment.choice is rival[1]:
                 before_fallback["fallback"] = f"{rival[0]}, more accurate on {profile.name}"
             choice, chosen_nsr, refinement, qdq, shipped, latency, on_target = shipment
     record = build_record(
@@ -670,15 +671,28 @@ def _uniform_rival(analysis: Analysis, curve: ParetoCurve, choice: Choice, chose
     return f"uniform {cand}", Choice(assignment, point["cost"], point["cost"] / curve.baseline_cost, point["nsr"], -1, True)
 
 
-def _better_on_target(analysis: Analysis, first: tuple, rival: tuple[str, Choice], methods: Mapping, table: dict,
-                      config: OptimizeConfig, profile) -> tuple:
+class Shipment(NamedTuple):
+    """A point as it ships: the choice, its simulated NSR, its range refinement, the exported
+    model, its measurements on onnxruntime, its latency and its verification on the target."""
+
+    choice: Choice
+    nsr: float
+    refinement: Refinement | None
+    model: onnx.ModelProto
+    shipped: dict
+    latency: dict | None
+    on_target: dict | None
+
+
+def _better_on_target(analysis: Analysis, first: Shipment, rival: tuple[str, Choice], methods: Mapping, table: dict,
+                      config: OptimizeConfig, profile) -> Shipment:
     """Run the rival uniform point on the target's runtime too, and ship the one more accurate
     there. The simulation is onnxruntime's arithmetic, and a target rounds differently: on HTP
     25-55% of the values of the digits CNN's deeper activations differ from onnxruntime's by a
     step or more (its 32 calibration samples), so points the simulation puts level part there:
     its 1×W4A8 + 10×W8A8 mix gave 39.04 dB on the CPU and 38.09 on HTP (targets_edge.md at
-    cfd700e), uniform W8A8 39.06 and 39.03 (``--candidates W8A8``). ``first``: the shipped choice
-    as (choice, nsr, refinement, model, shipped, latency, on_target)."""
+    cfd700e), uniform W8A8 39.06 and 39.03 (``--candidates W8A8``). ``first``: the chosen point
+    as shipped."""
     simulator, timings = analysis.simulator, analysis.timings
     name, choice = rival
     kept = dict(simulator.params.range_method)
@@ -689,18 +703,18 @@ def _better_on_target(analysis: Analysis, first: tuple, rival: tuple[str, Choice
             refinement = refine_ranges(simulator, choice.assignment, table, max_memory=config.max_memory)
             nsr = refinement.nsr_after
     try:
-        second = (choice, nsr, refinement, *_ship(analysis, choice, config, profile))
+        second = Shipment(choice, nsr, refinement, *_ship(analysis, choice, config, profile))
     except TargetRefusedError as exc:
         logger.info("%s does not run on %s as promised (%s): the chosen point ships", name, profile.name, exc)
         _set_range_methods(simulator, kept)
         return first
-    db = {"chosen point": first[-1]["sqnr_db"], name: second[-1]["sqnr_db"]}
+    db = {"chosen point": first.on_target["sqnr_db"], name: second.on_target["sqnr_db"]}
     winner = second if db[name] > db["chosen point"] else first
     logger.info("on %s: the chosen point %.2f dB, %s %.2f dB; %s ships", profile.name, db["chosen point"], name,
                 db[name], name if winner is second else "the chosen point")
     if winner is first:
         _set_range_methods(simulator, kept)
-    winner[-1]["compared_sqnr_db"] = {**db, "shipped": name if winner is second else "chosen point"}
+    winner.on_target["compared_sqnr_db"] = {**db, "shipped": name if winner is second else "chosen point"}
     return winner
 
 

@@ -99,12 +99,12 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int,
+def interleaved_ms(sessions: list[ort.InferenceSession], feeds: dict[str, np.ndarray], runs: int,
               min_seconds: float = 0.0, statistic=np.median) -> list[float]:
-    """Median milliseconds of one run of each session, the sessions run in turn (interleaved: a
-    noisy neighbour slows them all alike), after one warm-up run each; at least ``runs`` rounds,
-    more where they would take under ``min_seconds`` (as the first timed round took).
-    ``statistic``: np.min for the fastest run instead."""
+    """Milliseconds of one run of each session, the median (or ``statistic``, e.g. np.min for the
+    fastest) of runs taken in turn (interleaved: a noisy neighbour slows them all alike), after
+    one warm-up run each; at least ``runs`` rounds, more where they would take under
+    ``min_seconds`` (as the first timed round took)."""
     times: list[list[float]] = [[] for _ in sessions]
     for s in sessions:
         s.run(None, feeds)
@@ -142,7 +142,7 @@ def measure_layers(model: onnx.ModelProto, plan: QuantPlan, data: CalibrationSet
             sessions.append(_session(q_model))
         except Exception as exc:
             logger.debug("W8A8 probe of %s does not load (%s)", op.node, exc)
-        ms = median_ms(sessions, {"x": x}, runs, statistic=np.min)
+        ms = interleaved_ms(sessions, {"x": x}, runs, statistic=np.min)
         times[op.node] = {"FP32": ms[0], "W8A8": ms[-1]}
     faster = sum(t["W8A8"] < t["FP32"] for t in times.values())
     logger.info("latency: %d of %d layers run faster at W8A8 than in float on this machine", faster, len(times))
@@ -154,5 +154,5 @@ def compare_models(models: dict[str, onnx.ModelProto], data: CalibrationSet, run
     """Median milliseconds of one sample through each whole model (one thread, interleaved), as
     the output is deployed: the measurement of what ships, beside the per-layer estimate."""
     sessions = {name: _session(model) for name, model in models.items()}
-    ms = median_ms(list(sessions.values()), data.first_sample(), runs, min_seconds)
+    ms = interleaved_ms(list(sessions.values()), data.first_sample(), runs, min_seconds)
     return dict(zip(sessions, ms, strict=True))
