@@ -370,6 +370,11 @@ def _ratio(a: dict, b: dict) -> str:
     return f"{a['total'] / b['total']:.1f}×" if "total" in a and "total" in b else "—"
 
 
+def _milliseconds(seconds: float) -> str:
+    ms = 1e3 * seconds
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def _passes(seconds: float | None, one: float) -> str:
     return "—" if seconds is None else f"{seconds / one:.0f}"
 
@@ -397,7 +402,7 @@ def time_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                     + [_seconds(rest), _seconds(mp["total"]), *_tool_cells(r["runs"]["NNCF"]),
                        *_tool_cells(r["runs"]["quantize_static"]),
                        _ratio(mp, r["runs"]["NNCF"]), _ratio(mp, r["runs"]["quantize_static"]),
-                       f"{1e3 * one:.3g}", _passes(sum(timings.values()), one), _passes(r["runs"]["NNCF"].get("call"), one),
+                       _milliseconds(one), _passes(sum(timings.values()), one), _passes(r["runs"]["NNCF"].get("call"), one),
                        _seconds(r["rerun"]["total"]), f"{r['rerun']['total'] / mp['total']:.2f}×"])
     return header, rows
 

@@ -323,8 +323,11 @@ def cold_speed(folder: str = RESULTS) -> str:
         model, was, q, was_q = row["model"], before.get(row["model"]), quality[row["model"]], before_q.get(row["model"])
         nncf = (f"{row['onnxmp / NNCF']} NNCF's {row['NNCF total s']} s" if number(row["NNCF total s"]) is not None
                 else "NNCF failed")
+        passes = (f"; in float passes over the data ({row['float pass ms']} ms each), onnxmp's stages "
+                  f"{row['onnxmp stages in float passes']}, NNCF's call {row['NNCF call in float passes']}"
+                  if "float pass ms" in row else "")
         text = (f"- {model}: onnxmp {row['onnxmp total s']} s ({nncf})"
-                + (f", was {was['onnxmp total s']} s ({was['onnxmp / NNCF']})" if was else "")
+                + (f", was {was['onnxmp total s']} s ({was['onnxmp / NNCF']})" if was else "") + passes
                 + f"; task score {q['onnxmp score']}, SQNR {sqnr(q['onnxmp SQNR dB'])}"
                 + (f" (was {was_q['onnxmp score']}, {sqnr(was_q['onnxmp SQNR dB'])})" if was_q else "")
                 + f"; NNCF {q['NNCF score']}, {sqnr(q['NNCF SQNR dB'])}"
