@@ -31,6 +31,10 @@ or the first N feed files of a calib folder; default all), each in a fresh proce
   converted to opset 13, then without symbolic shape inference) in a new process; only the way
   that works is timed, the failed ones are listed in the notes.
 - **onnxmp / NNCF**, **onnxmp / quantize_static**: the ratios of the totals.
+- **onnxmp fast**: the cold run again (a fresh cache of its own) with the two levers that cut most
+  of the remaining time at a cost in quality: ``--phase1-samples 16`` (Phase 1 ranks the groups on
+  16 samples spread over the set) and ``--no-range-refinement``; its total and its ratio to NNCF,
+  and its output in the quality table: the trade the default declines.
 - **float pass ms**: one pass of the float model over the calibration data in this process (the
   observed tensors fetched, as onnxmp's reference pass does), the fastest of 3 at each run size
   onnxmp may use (4, 8 and 16 samples a run; a folder's feeds as they are); **onnxmp stages in
@@ -153,7 +157,10 @@ TRANSFORMERS = {"minilm"}  # nncf.quantize(model_type=nncf.ModelType.TRANSFORMER
 BUDGET = "0.5"
 RERUN_BUDGET = "0.35"  # the cached rerun: same cache folder, another budget, a fresh process
 OUTSIDE = "(outside stages)"
-TOOLS = ("onnxmp", "NNCF", "quantize_static")
+# the levers that cut most of onnxmp's time, at a cost in quality (pipeline.DEFAULT_PHASE1_SAMPLES,
+# search/refine.py): the "onnxmp fast" run, for the trade beside the default
+FAST_ARGS = ("--phase1-samples", "16", "--no-range-refinement")
+TOOLS = ("onnxmp", "onnxmp fast", "NNCF", "quantize_static")
 
 
 def nncf_python() -> tuple[str, str]:
@@ -201,12 +208,15 @@ def onnxmp_args(bench, calib: str, out: str, cache: str, report: str, budget: st
     return ["optimize", bench.model, out, "--budget", budget, "--calib", calib, "--cache-dir", cache, "--report", report]
 
 
-def time_onnxmp(bench, calib: str, folder: str, budget: str = BUDGET) -> dict:
-    """onnxmp optimize in a fresh process with ``folder``'s results cache (empty on the first call)."""
-    out, report = (os.path.join(folder, f"onnxmp-{budget}{ext}") for ext in (".onnx", ".json"))
-    cache = os.path.join(folder, "onnxmp-cache")
+def time_onnxmp(bench, calib: str, folder: str, budget: str = BUDGET, extra: tuple[str, ...] = ()) -> dict:
+    """onnxmp optimize in a fresh process with ``folder``'s results cache (empty on the first
+    call; ``extra`` options: a cache of their own)."""
+    name = f"onnxmp-{budget}" + ("-fast" if extra else "")
+    out, report = (os.path.join(folder, name + ext) for ext in (".onnx", ".json"))
+    cache = os.path.join(folder, "onnxmp-cache" + ("-fast" if extra else ""))
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    seconds, _ = _run([sys.executable, "-m", "onnxmp", *onnxmp_args(bench, calib, out, cache, report, budget)], env)
+    args = [*onnxmp_args(bench, calib, out, cache, report, budget), *extra]
+    seconds, _ = _run([sys.executable, "-m", "onnxmp", *args], env)
     with open(report, encoding="utf-8") as handle:
         return {"path": out, "total": seconds, "record": json.load(handle)}
 
@@ -357,6 +367,7 @@ def run_model(bench, samples: int | None, python: str, folder: str) -> dict:
     load = os.getloadavg()[0]
     runs = {"onnxmp": time_onnxmp(bench, calib, folder)}
     rerun = time_onnxmp(bench, calib, folder, RERUN_BUDGET)
+    runs["onnxmp fast"] = time_onnxmp(bench, calib, folder, extra=FAST_ARGS)
     runs["NNCF"] = time_nncf(python, bench, calib, batch, folder)
     runs["quantize_static"] = time_quantize_static(bench, calib, batch, folder)
     for tool, run in runs.items():
@@ -389,7 +400,8 @@ def time_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     stages = _stages([r["runs"]["onnxmp"]["record"] for r in results])
     header = (["model", "samples"] + [f"{s} s" for s in stages]
               + ["start-up + rest s", "onnxmp total s", "NNCF total s", "NNCF call s", "quantize_static total s",
-                 "quantize_static call s", "onnxmp / NNCF", "onnxmp / quantize_static", "float pass ms",
+                 "quantize_static call s", "onnxmp / NNCF", "onnxmp / quantize_static", "onnxmp fast total s",
+                 "onnxmp fast / NNCF", "float pass ms",
                  "onnxmp stages in float passes", "NNCF call in float passes",
                  f"cached rerun at {RERUN_BUDGET} s", "cached rerun / cold"])
     rows = []
@@ -402,6 +414,7 @@ def time_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                     + [_seconds(rest), _seconds(mp["total"]), *_tool_cells(r["runs"]["NNCF"]),
                        *_tool_cells(r["runs"]["quantize_static"]),
                        _ratio(mp, r["runs"]["NNCF"]), _ratio(mp, r["runs"]["quantize_static"]),
+                       _seconds(r["runs"]["onnxmp fast"]["total"]), _ratio(r["runs"]["onnxmp fast"], r["runs"]["NNCF"]),
                        _milliseconds(one), _passes(sum(timings.values()), one), _passes(r["runs"]["NNCF"].get("call"), one),
                        _seconds(r["rerun"]["total"]), f"{r['rerun']['total'] / mp['total']:.2f}×"])
     return header, rows

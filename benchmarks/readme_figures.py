@@ -330,6 +330,9 @@ def cold_speed(folder: str = RESULTS) -> str:
                 + (f", was {was['onnxmp total s']} s ({was['onnxmp / NNCF']})" if was else "") + passes
                 + f"; task score {q['onnxmp score']}, SQNR {sqnr(q['onnxmp SQNR dB'])}"
                 + (f" (was {was_q['onnxmp score']}, {sqnr(was_q['onnxmp SQNR dB'])})" if was_q else "")
+                + (f"; with `--phase1-samples 16 --no-range-refinement` {row['onnxmp fast total s']} s "
+                   f"({row['onnxmp fast / NNCF']}), task score {q['onnxmp fast score']}, "
+                   f"SQNR {sqnr(q['onnxmp fast SQNR dB'])}" if "onnxmp fast total s" in row else "")
                 + f"; NNCF {q['NNCF score']}, {sqnr(q['NNCF SQNR dB'])}"
                 + "".join(f"; cached rerun at budget {k.split()[3]}: {v} s ({row['cached rerun / cold']} the cold run)"
                           for k, v in row.items() if k.startswith("cached rerun at "))
