@@ -8,9 +8,11 @@ with default options (``--target ort``: candidates W8A8,FP32, latency metric, bu
 cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onnxruntime's
 ``quantize_static`` W8A8 (QDQ, per-channel, as ``benchmarks/peers.py`` runs it). Latency: one sample
 (the first calibration sample, batch axis kept), default session options but the thread count, every
-variant's session made first, then ``--runs`` rounds (more where they would take under
-``MIN_SECONDS``) that time one run of each variant in turn (interleaved, so a noisy neighbour hits
-all alike); the median. ``kernels``: the integer kernels in
+variant's session made first, then at least ``--runs`` runs of each (more where they would take
+under ``MIN_SECONDS``), one variant after another (interleaved, so a noisy neighbour hits all
+alike) in an order where each follows every other equally often (``ort_latency.balanced_order``:
+in a fixed order, identical files timed 3% apart by which one followed the float model); the
+median. ``kernels``: the integer kernels in
 the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
 every model output against the float model's, over the calibration samples; task score: the model's
 labelled evaluator; agreement with float: the same metric with the float model's answers as the
@@ -36,8 +38,8 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import importlib.util
-import math
 import os
 import sys
 import tempfile
@@ -57,12 +59,13 @@ from onnxmp import OptimizeConfig, optimize, parse_candidates  # noqa: E402
 from onnxmp.errors import BudgetTooLowError  # noqa: E402
 from onnxmp.quant import numerics  # noqa: E402
 from onnxmp.runtime.data import read_npz  # noqa: E402
+from onnxmp.targets.ort_latency import interleaved_ms  # noqa: E402
 
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul",
                    "MatMulInteger", "ConvInteger", "QLinearAdd", "QLinearMul", "QLinearConcat")
 FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "MatMulNBits")
 UNIFORM = "onnxmp uniform W8A8"
-MIN_SECONDS = 3.0  # per latency table: rounds are added until they take this long
+MIN_SECONDS = 3.0  # per latency table: runs are added until they take this long
 HEADER = ["model", "variant", "cost (latency est.)", "task score", "task score − uniform W8A8 [95%]",
           "agreement with float", "SQNR dB", "mean cosine", "sentence cosine (eval)",
           "ms (1 thread)", "× float",
@@ -108,21 +111,12 @@ def openvino_runner(path: str) -> Callable[[dict[str, np.ndarray]], object]:
 
 def latencies(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], feeds: dict[str, np.ndarray],
               runs: int, min_seconds: float = MIN_SECONDS) -> dict[str, float]:
-    """Median milliseconds of one run per variant, interleaved: ``runs`` rounds, or as many as
-    fill ``min_seconds`` where rounds are quicker (digits runs in 0.04 ms, where 30 rounds on this
-    shared machine put its quantized files at 0.74x float in one run and 0.99x in another)."""
-    warm_up = time.perf_counter()
-    for run in runners.values():
-        for _ in range(3):
-            run(feeds)
-    rounds = max(runs, math.ceil(min_seconds / max((time.perf_counter() - warm_up) / 3, 1e-9)))
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(feeds)
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    """Median milliseconds of one run per variant, interleaved in ``balanced_order`` after 3
+    warm-up runs each (onnxmp.targets.ort_latency ``interleaved_ms``): ``runs`` runs of each, or
+    as many as fill ``min_seconds`` where they are quicker (digits runs in 0.04 ms, where 30 rounds
+    on this shared machine put its quantized files at 0.74x float in one run and 0.99x in another)."""
+    calls = [functools.partial(run, feeds) for run in runners.values()]
+    return dict(zip(runners, interleaved_ms(calls, runs, min_seconds, warm_ups=3), strict=True))
 
 
 def openvino_latencies(paths: dict[str, str], feeds: dict[str, np.ndarray], runs: int,
@@ -307,7 +301,8 @@ def main() -> None:
                f"Measured by `{' '.join(['python benchmarks/deploy_table.py', *sys.argv[1:]])}`"
                f" at {git_state()}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. One sample per run, "
                f"median of {args.runs} interleaved runs (more where {args.runs} take under {MIN_SECONDS:g} s: as many as "
-               f"fill it); × float: the variant's time over the float model's in the same "
+               f"fill it), each variant following every other equally often; × float: the variant's time over the "
+               "float model's in the same "
                "run; OpenVINO: the same files on OpenVINO's CPU plugin (one thread, one stream, its default inference "
                "precision), × float against the float model there; SQNR of every output against float over the "
                "calibration samples; mean cosine: per calibration sample, between the first output and float's (for "

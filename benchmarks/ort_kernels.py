@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import git_state, markdown_table, write_result  # noqa: E402
 
-from onnxmp.targets.ort_latency import interleaved_ms  # noqa: E402
+from onnxmp.targets.ort_latency import interleaved_ms, session_runner  # noqa: E402
 
 COMPUTE = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "MatMulNBits", "Conv", "FusedConv",
            "MatMul", "FusedMatMul", "Gemm", "ConvTranspose")
@@ -144,7 +144,7 @@ def main() -> None:
             sessions.append(session)
             kernels.append(", ".join(f"{ops[k]} {k}" for k in COMPUTE if ops[k]))
         feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
-        times = interleaved_ms(sessions, feeds, args.runs)
+        times = interleaved_ms([session_runner(s, feeds) for s in sessions], args.runs)
         for (label, _), kernel, ms in zip([("float", None), *variants], kernels, times, strict=True):
             rows.append([op, label, kernel, f"{ms:.3f}", f"{ms / times[0]:.2f}"])
     part2 = []

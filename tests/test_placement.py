@@ -313,6 +313,27 @@ def test_latency_probes_are_the_integer_kernels_placement_writes(tmp_path):
     assert optimized_ops(str(tmp_path / "mm.onnx"), str(tmp_path))["MatMulIntegerToFloat"] == 1
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6])
+def test_interleaved_timing_has_each_variant_follow_every_other_equally_often(count):
+    """What ran just before a call sways its time (on digits, 3% between identical graphs by which
+    followed the float model), so no variant may follow a given one more often than another does,
+    nor follow itself; each is called as often as asked, the warm-ups excepted."""
+    from onnxmp.targets.ort_latency import interleaved_ms
+
+    calls: list[int] = []
+    runners = [lambda i=i: calls.append(i) for i in range(count)]
+    ms = interleaved_ms(runners, runs=7, warm_ups=2)
+    assert len(ms) == count and all(t >= 0 for t in ms)
+    warm, timed = calls[:2 * count], calls[2 * count:]
+    assert collections.Counter(warm) == {i: 2 for i in range(count)}
+    per = collections.Counter(timed)
+    assert set(per) == set(range(count)) and len(set(per.values())) == 1 and min(per.values()) >= 7
+    if count > 1:
+        pairs = collections.Counter(zip(timed, timed[1:]))
+        assert all(a != b for a, b in pairs)
+        assert len(pairs) == count * (count - 1) and max(pairs.values()) - min(pairs.values()) <= 1
+
+
 def test_latency_cost_uses_each_layers_measured_ratio():
     from onnxmp.quant.candidates import Candidate
     from onnxmp.quant.cost import CostModel
