@@ -10,9 +10,8 @@ cheapest point where that is below it); onnxmp at each ``--budgets`` budget; onn
 (the first calibration sample, batch axis kept), default session options but the thread count, every
 variant's session made first, then at least ``--runs`` runs of each (more where they would take
 under ``MIN_SECONDS``), one variant after another (interleaved, so a noisy neighbour hits all
-alike) in an order where each follows every other equally often (``ort_latency.balanced_order``:
-in a fixed order, identical files timed 3% apart by which one followed the float model); the
-median. ``kernels``: the integer kernels in
+alike), each round in a fresh seeded random order (``ort_latency.round_orders``: in a fixed order,
+identical files timed 3% apart by which one followed the float model); the median. ``kernels``: the integer kernels in
 the graph onnxruntime optimizes the file into, against the float Conv/MatMul/Gemm left there. SQNR:
 every model output against the float model's, over the calibration samples; task score: the model's
 labelled evaluator; agreement with float: the same metric with the float model's answers as the
@@ -111,7 +110,7 @@ def openvino_runner(path: str) -> Callable[[dict[str, np.ndarray]], object]:
 
 def latencies(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], feeds: dict[str, np.ndarray],
               runs: int, min_seconds: float = MIN_SECONDS) -> dict[str, float]:
-    """Median milliseconds of one run per variant, interleaved in ``balanced_order`` after 3
+    """Median milliseconds of one run per variant, interleaved in ``round_orders`` after 3
     warm-up runs each (onnxmp.targets.ort_latency ``interleaved_ms``): ``runs`` runs of each, or
     as many as fill ``min_seconds`` where they are quicker (digits runs in 0.04 ms, where 30 rounds
     on this shared machine put its quantized files at 0.74x float in one run and 0.99x in another)."""
@@ -301,7 +300,7 @@ def main() -> None:
                f"Measured by `{' '.join(['python benchmarks/deploy_table.py', *sys.argv[1:]])}`"
                f" at {git_state()}, onnxruntime {ort.__version__}, {os.cpu_count()} cores. One sample per run, "
                f"median of {args.runs} interleaved runs (more where {args.runs} take under {MIN_SECONDS:g} s: as many as "
-               f"fill it), each variant following every other equally often; × float: the variant's time over the "
+               f"fill it), each round in a seeded random order; × float: the variant's time over the "
                "float model's in the same "
                "run; OpenVINO: the same files on OpenVINO's CPU plugin (one thread, one stream, its default inference "
                "precision), × float against the float model there; SQNR of every output against float over the "

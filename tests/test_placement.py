@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 
 import numpy as np
@@ -313,25 +314,30 @@ def test_latency_probes_are_the_integer_kernels_placement_writes(tmp_path):
     assert optimized_ops(str(tmp_path / "mm.onnx"), str(tmp_path))["MatMulIntegerToFloat"] == 1
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 4, 6])
-def test_interleaved_timing_has_each_variant_follow_every_other_equally_often(count):
-    """What ran just before a call sways its time (on digits, 3% between identical graphs by which
-    followed the float model), so no variant may follow a given one more often than another does,
-    nor follow itself; each is called as often as asked, the warm-ups excepted."""
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_interleaved_timing_gives_no_variant_a_fixed_place(count):
+    """What ran just before a call, and how long since the variant last ran, sway its time on a
+    small model (3% between identical digits graphs by their place in the order). Each round
+    calls every variant once, in an order that turns: over many rounds each is first, and follows
+    each other, about equally often; the warm-ups come first."""
     from onnxmp.targets.ort_latency import interleaved_ms
 
     calls: list[int] = []
     runners = [lambda i=i: calls.append(i) for i in range(count)]
-    ms = interleaved_ms(runners, runs=7, warm_ups=2)
+    rounds = 300
+    ms = interleaved_ms(runners, runs=rounds, warm_ups=2)
     assert len(ms) == count and all(t >= 0 for t in ms)
     warm, timed = calls[:2 * count], calls[2 * count:]
     assert collections.Counter(warm) == {i: 2 for i in range(count)}
-    per = collections.Counter(timed)
-    assert set(per) == set(range(count)) and len(set(per.values())) == 1 and min(per.values()) >= 7
+    assert len(timed) == rounds * count
+    orders = [timed[r * count:(r + 1) * count] for r in range(rounds)]
+    assert all(sorted(order) == list(range(count)) for order in orders)
     if count > 1:
-        pairs = collections.Counter(zip(timed, timed[1:]))
-        assert all(a != b for a, b in pairs)
-        assert len(pairs) == count * (count - 1) and max(pairs.values()) - min(pairs.values()) <= 1
+        first = collections.Counter(order[0] for order in orders)
+        assert set(first) == set(range(count)) and max(first.values()) < 1.4 * rounds / count
+        pairs = collections.Counter(itertools.pairwise(timed))
+        between = [pairs[(a, b)] for a in range(count) for b in range(count) if a != b]
+        assert min(between) > 0.6 * max(between)
 
 
 def test_latency_cost_uses_each_layers_measured_ratio():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -100,45 +100,37 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def balanced_order(count: int) -> list[int]:
-    """An order of calls to ``count`` variants, repeated as a cycle, in which each one follows
-    every other exactly once and never itself (an Eulerian circuit of the complete directed
-    graph). What ran just before a call sways its time: timed in the fixed order quantized A,
-    quantized B, float, two identical digits graphs (30 microseconds a run) took 1.03x or 0.97x of
-    each other by which one came after the float model alone."""
-    if count < 2:
-        return [0] * count
-    left = {v: [w for w in range(count) if w != v] for v in range(count)}  # edges not yet walked
-    stack, circuit = [0], []
-    while stack:  # Hierholzer's algorithm
-        if left[stack[-1]]:
-            stack.append(left[stack[-1]].pop())
-        else:
-            circuit.append(stack.pop())
-    return circuit[::-1][:-1]  # the circuit closes on its start: the cycle's repeat walks that edge
+def round_orders(count: int, seed: int = 0) -> Iterator[list[int]]:
+    """The order of ``count`` variants in each round: a fresh random permutation (seeded: the same
+    rounds every time), so that on average each runs in every position, after every other and at
+    every distance from its last call alike. What ran just before a call, and how long ago it last
+    ran itself, sway its time on a small model (two identical digits graphs, 30 microseconds a
+    run: 1.03x or 0.97x of each other in a fixed order by which one followed the float model;
+    in an order where one ran every other call, it took 0.97x of its twin)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield [int(i) for i in rng.permutation(count)]
 
 
 def interleaved_ms(runners: Sequence[Callable[[], object]], runs: int, min_seconds: float = 0.0,
                    statistic=np.median, warm_ups: int = 1) -> list[float]:
     """Milliseconds of one call of each runner, the median (or ``statistic``, e.g. np.min for the
-    fastest) of calls taken in turn (interleaved, so a noisy neighbour slows them all alike, in
-    ``balanced_order``), after ``warm_ups`` calls each: at least ``runs`` calls of each, more where
-    they would take under ``min_seconds`` (as the first pass over the order took)."""
+    fastest) of calls taken in turn (interleaved, so a noisy neighbour slows them all alike; each
+    round in the order ``round_orders`` gives), after ``warm_ups`` calls each: at least ``runs``
+    rounds, more where they would take under ``min_seconds`` (as the first round took)."""
     times: list[list[float]] = [[] for _ in runners]
     for run in runners:
         for _ in range(warm_ups):
             run()
-    order = balanced_order(len(runners))
-    each = max(1, len(runners) - 1)  # calls of each runner in one pass over the order
-    passes, done = math.ceil(runs / each), 0
-    while done < passes:
-        pass_start = time.perf_counter()
-        for index in order:
+    orders, done = round_orders(len(runners)), 0
+    while done < runs:
+        round_start = time.perf_counter()
+        for index in next(orders):
             start = time.perf_counter()
             runners[index]()
             times[index].append(time.perf_counter() - start)
         if not done:
-            passes = max(passes, math.ceil(min_seconds / max(time.perf_counter() - pass_start, 1e-6)))
+            runs = max(runs, math.ceil(min_seconds / max(time.perf_counter() - round_start, 1e-6)))
         done += 1
     return [1e3 * float(statistic(t)) for t in times]
 
