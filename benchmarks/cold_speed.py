@@ -211,9 +211,9 @@ def onnxmp_args(bench, calib: str, out: str, cache: str, report: str, budget: st
 def time_onnxmp(bench, calib: str, folder: str, budget: str = BUDGET, extra: tuple[str, ...] = ()) -> dict:
     """onnxmp optimize in a fresh process with ``folder``'s results cache (empty on the first
     call; ``extra`` options: a cache of their own)."""
-    name = f"onnxmp-{budget}" + ("-fast" if extra else "")
-    out, report = (os.path.join(folder, name + ext) for ext in (".onnx", ".json"))
-    cache = os.path.join(folder, "onnxmp-cache" + ("-fast" if extra else ""))
+    tag = "-fast" if extra else ""
+    out, report = (os.path.join(folder, f"onnxmp-{budget}{tag}{ext}") for ext in (".onnx", ".json"))
+    cache = os.path.join(folder, f"onnxmp-cache{tag}")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = [*onnxmp_args(bench, calib, out, cache, report, budget), *extra]
     seconds, _ = _run([sys.executable, "-m", "onnxmp", *args], env)

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "models"))
 import zoo  # noqa: E402  (models/, on sys.path above)
 from common import ROOT, bench_models, git_state, markdown_table, write_result  # noqa: E402
 
-from onnxmp.targets.ort_latency import interleaved_ms  # noqa: E402
+from onnxmp.targets.ort_latency import interleaved_ms, session_runner  # noqa: E402
 
 WEIGHTED = ("Conv", "LSTM", "GRU", "RNN", "MatMul", "Gemm", "ConvTranspose")
 
@@ -128,7 +128,8 @@ def one_thread_session(path: str):
 
 def latencies(paths: dict[str, str], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     """Median ms of one run over ``feed``, variants interleaved run by run (onnxmp's own timer)."""
-    return dict(zip(paths, interleaved_ms([one_thread_session(p) for p in paths.values()], feed, runs), strict=True))
+    runners = [session_runner(one_thread_session(p), feed) for p in paths.values()]
+    return dict(zip(paths, interleaved_ms(runners, runs), strict=True))
 
 
 def run_model(bench, runs: int, folder: str) -> tuple[list[list[str]], list[str]]:

@@ -388,8 +388,6 @@ def _stand_in_ort(tmp_path, monkeypatch, uniform_faster: bool, conv1_ratio: floa
     """The residual CNN and its calibration samples, on ``ort`` with stand-in timings: conv1 at
     ``conv1_ratio`` of its float time at W8A8, every other layer at 0.4; timed whole, the faster of
     the estimate's point and uniform W8A8 is the one the test names."""
-    import dataclasses
-
     from onnxmp import pipeline
     from onnxmp.targets.ort import PROFILE
 
